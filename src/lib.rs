@@ -1,0 +1,13 @@
+//! taskd computes small numeric tasks for network clients. The binary is
+//! a thin wrapper around this library, which the integration tests and
+//! benchmarks also use.
+
+pub mod cli;
+pub mod config;
+pub mod numbers;
+pub mod ops;
+pub mod pool;
+pub mod protocol;
+pub mod sched;
+pub mod server;
+pub mod users;

@@ -1,0 +1,197 @@
+//! One stream connection's state: its socket, the bytes read but not yet
+//! framed, the replies waiting for earlier ones (so replies leave in
+//! request order whatever order the tasks finish in), and the output not
+//! yet accepted by the kernel.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+
+use crate::protocol::frame::Framer;
+
+/// Unsent output above which a connection is not read further.
+pub const MAX_PENDING_OUTPUT: usize = 1 << 20;
+/// How long a lingering close waits for the client's EOF.
+pub const LINGER: Duration = Duration::from_secs(2);
+/// Output buffers larger than this are released once empty, so one large
+/// reply does not pin memory for the connection's lifetime.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Reading requests and writing replies.
+    Open,
+    /// No more requests will be read (EOF, `quit`, idle timeout, drain):
+    /// finish the replies owed, then close.
+    Finishing,
+    /// Write side shut down; reading and discarding until the client's EOF
+    /// or the deadline, so it gets the last replies rather than a reset.
+    Lingering { until: Instant },
+}
+
+/// What the owner should do after an I/O step.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    Continue,
+    Close,
+}
+
+pub struct Conn {
+    /// Unique for the daemon's lifetime: a result for a connection that
+    /// has gone never reaches a new one that reuses its slot.
+    pub id: u64,
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub listener: usize,
+    pub state: State,
+    pub framer: Framer,
+    /// Read but not yet framed (an incomplete line, or lines left while the
+    /// connection was paused).
+    pub rbuf: Vec<u8>,
+    /// The client sent EOF.
+    pub eof: bool,
+    pub wbuf: Vec<u8>,
+    wpos: usize,
+    /// Replies of requests `next_out..`: None while the task runs.
+    slots: VecDeque<Option<Vec<u8>>>,
+    next_out: u64,
+    /// Tasks in the scheduler or on a worker.
+    pub inflight: usize,
+    /// Last moment the connection made progress (a complete request read,
+    /// or output written).
+    pub last_active: Instant,
+}
+
+impl Conn {
+    pub fn new(id: u64, stream: TcpStream, peer: SocketAddr, listener: usize, now: Instant) -> Conn {
+        Conn {
+            id,
+            stream,
+            peer,
+            listener,
+            state: State::Open,
+            framer: Framer::default(),
+            rbuf: Vec::new(),
+            eof: false,
+            wbuf: Vec::new(),
+            wpos: 0,
+            slots: VecDeque::new(),
+            next_out: 0,
+            inflight: 0,
+            last_active: now,
+        }
+    }
+
+    pub fn pending_output(&self) -> usize {
+        self.wbuf.len() - self.wpos
+    }
+
+    /// Bytes this connection holds in buffers.
+    pub fn buffered(&self) -> usize {
+        self.rbuf.len() + self.wbuf.len() + self.slots.iter().flatten().map(Vec::len).sum::<usize>()
+    }
+
+    /// Appends a reply that is ready now, behind any still owed.
+    pub fn reply_now(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        if self.slots.is_empty() {
+            write(&mut self.wbuf);
+        } else {
+            let mut v = Vec::new();
+            write(&mut v);
+            self.slots.push_back(Some(v));
+        }
+    }
+
+    /// Reserves the place of a reply that a task will produce.
+    pub fn reserve(&mut self) -> u64 {
+        let seq = self.next_out + self.slots.len() as u64;
+        self.slots.push_back(None);
+        self.inflight += 1;
+        seq
+    }
+
+    /// Fills a reserved place; moves every reply now in order to output.
+    pub fn fill(&mut self, seq: u64, reply: Vec<u8>) {
+        let Some(i) = seq.checked_sub(self.next_out) else {
+            return;
+        };
+        if let Some(slot) = self.slots.get_mut(i as usize) {
+            *slot = Some(reply);
+            self.inflight = self.inflight.saturating_sub(1);
+        }
+        while let Some(Some(_)) = self.slots.front() {
+            if let Some(Some(r)) = self.slots.pop_front() {
+                self.wbuf.extend_from_slice(&r);
+            }
+            self.next_out += 1;
+        }
+    }
+
+    /// Whether every reply owed has been handed to the kernel.
+    pub fn all_sent(&self) -> bool {
+        self.slots.is_empty() && self.pending_output() == 0
+    }
+
+    /// Writes pending output until done or the socket is full.
+    pub fn flush(&mut self, now: Instant) -> io::Result<()> {
+        while self.wpos < self.wbuf.len() {
+            match self.stream.write(&self.wbuf[self.wpos..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.wpos += n;
+                    self.last_active = now;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.wbuf.clear();
+        self.wpos = 0;
+        if self.wbuf.capacity() > KEEP_CAPACITY {
+            self.wbuf = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Reads into `buf`, retrying on EINTR.
+    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.stream.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                r => return r,
+            }
+        }
+    }
+
+    /// Starts the lingering close: the write side is shut down, the read
+    /// side drained until EOF or the deadline.
+    pub fn linger(&mut self, now: Instant) {
+        let _ = self.stream.shutdown(Shutdown::Write);
+        self.rbuf = Vec::new();
+        self.state = State::Lingering { until: now + LINGER };
+    }
+
+    /// Discards input of a lingering connection; Close at EOF or error.
+    pub fn drain_input(&mut self, scratch: &mut [u8]) -> Step {
+        loop {
+            match self.read(scratch) {
+                Ok(0) => return Step::Close,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Continue,
+                Err(_) => return Step::Close,
+            }
+        }
+    }
+
+    /// Releases the read buffer when it holds nothing, so an idle
+    /// connection keeps no heap memory.
+    pub fn shrink(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+            self.rbuf = Vec::new();
+        }
+    }
+}

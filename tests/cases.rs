@@ -1,0 +1,134 @@
+//! Every example of the shared protocol cases file, through the real
+//! binary, over TCP (one connection, pipelined) and over UDP.
+
+mod common;
+
+use common::Daemon;
+
+const CONFIG: &str =
+    "[limits]\nmax_values = 1000\n\n[ops.pi]\nmax_samples = 1000000\nudp_max_samples = 1000000\n";
+
+/// The cases file of the product contract when the shared folder is beside
+/// the repository, else the copy kept in tests/cases.
+fn cases_text() -> String {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let shared = format!("{root}/../shared/cases/line-protocol.txt");
+    let local = format!("{root}/tests/cases/line-protocol.txt");
+    std::fs::read_to_string(&shared)
+        .or_else(|_| std::fs::read_to_string(&local))
+        .expect("the protocol cases file")
+}
+
+struct Case {
+    request: String,
+    expected: String,
+}
+
+fn cases() -> Vec<Case> {
+    cases_text()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (req, exp) = l
+                .split_once("\t=>\t")
+                .unwrap_or_else(|| panic!("malformed case {l:?}"));
+            Case {
+                request: req.replace("\\t", "\t"),
+                expected: exp.to_string(),
+            }
+        })
+        .collect()
+}
+
+/// Compares JSON values, where the expected string "*" matches any string.
+fn json_matches(expected: &serde_json::Value, got: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (expected, got) {
+        (Value::String(e), Value::String(_)) if e == "*" => true,
+        (Value::Object(e), Value::Object(g)) => {
+            e.len() == g.len()
+                && e.iter()
+                    .all(|(k, v)| g.get(k).is_some_and(|gv| json_matches(v, gv)))
+        }
+        (Value::Number(e), Value::Number(g)) => e.as_f64() == g.as_f64() && e.to_string() == g.to_string(),
+        _ => expected == got,
+    }
+}
+
+fn matches(expected: &str, got: &str) -> bool {
+    if expected.starts_with('{') {
+        let e: serde_json::Value = serde_json::from_str(expected).expect("expected JSON");
+        return serde_json::from_str(got).is_ok_and(|g| json_matches(&e, &g));
+    }
+    match expected.strip_suffix(" *") {
+        // Only the code is fixed; the message is free text.
+        Some(prefix) => got.starts_with(&format!("{prefix} ")) && got.len() > prefix.len() + 1,
+        None => got == expected,
+    }
+}
+
+#[test]
+fn the_cases_file_is_the_shared_one() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    if let Ok(shared) = std::fs::read_to_string(format!("{root}/../shared/cases/line-protocol.txt")) {
+        let local =
+            std::fs::read_to_string(format!("{root}/tests/cases/line-protocol.txt")).expect("local copy");
+        assert_eq!(
+            shared, local,
+            "tests/cases/line-protocol.txt is out of date: copy ../shared/cases over it"
+        );
+    }
+    assert!(cases().len() >= 65, "the cases file has shrunk");
+}
+
+#[test]
+fn every_case_over_tcp_pipelined() {
+    let d = Daemon::start(CONFIG);
+    let cases = cases();
+    let requests: Vec<&str> = cases.iter().map(|c| c.request.as_str()).collect();
+    let replies = d.session(&requests);
+    assert_eq!(replies.len(), cases.len(), "one reply per request: {replies:#?}");
+    let failures: Vec<String> = cases
+        .iter()
+        .zip(&replies)
+        .filter(|(c, got)| !matches(&c.expected, got))
+        .map(|(c, got)| format!("{:?}: expected {:?}, got {:?}", c.request, c.expected, got))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn every_case_over_tcp_one_at_a_time() {
+    let d = Daemon::start(CONFIG);
+    let mut c = d.connect();
+    for case in cases() {
+        let got = c.ask(&case.request);
+        assert!(
+            matches(&case.expected, &got),
+            "{:?}: expected {:?}, got {:?}",
+            case.request,
+            case.expected,
+            got
+        );
+    }
+}
+
+#[test]
+fn every_case_over_udp() {
+    let d = Daemon::start(CONFIG);
+    for case in cases() {
+        let got = d.udp(&case.request);
+        assert!(
+            matches(&case.expected, &got),
+            "{:?}: expected {:?}, got {:?}",
+            case.request,
+            case.expected,
+            got
+        );
+    }
+}
