@@ -10,4 +10,6 @@ pub mod pool;
 pub mod protocol;
 pub mod sched;
 pub mod server;
+pub mod signals;
+pub mod systemd;
 pub mod users;

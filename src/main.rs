@@ -10,10 +10,6 @@ use taskd::cli::Cli;
 use taskd::config;
 use taskd::server::Server;
 
-fn init_logging() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-}
-
 /// Raises the soft RLIMIT_NOFILE to the hard limit: every connection is a
 /// descriptor, and the default soft limit (1024) is far below
 /// `max_connections`.
@@ -45,7 +41,7 @@ fn raise_nofile(max_connections: usize) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    taskd::systemd::init_logging();
     let cfg = match config::load(cli.config.as_deref(), &|k| std::env::var_os(k)) {
         Ok(cfg) => cfg,
         Err(e) => {
@@ -67,16 +63,19 @@ fn main() -> ExitCode {
         }
     }
     raise_nofile(cfg.limits.max_connections);
-    let mut server = match Server::new(cfg) {
+    let mut server = match Server::new(cfg, cli.config.clone()) {
         Ok(s) => s,
         Err(e) => {
             log::error!("{e}");
-            eprintln!("taskd: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(e.exit_code);
         }
     };
     match server.run() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            drop(server);
+            log::info!("stopped");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             log::error!("event loop failed: {e}");
             ExitCode::from(2)

@@ -206,17 +206,15 @@ impl Pool {
         }
     }
 
-    /// Stops every worker after its current job and waits for them.
+    /// Tells every worker to stop after its current job. It does not wait
+    /// for them: a worker deep in a long pi chunk must not hold up the exit,
+    /// and whatever it computes now has no one left to answer.
     pub fn shutdown(&mut self) {
         for w in &mut self.workers {
             let (tx, _) = channel();
             // Dropping the job sender ends the worker's loop.
             w.jobs = tx;
-        }
-        for w in &mut self.workers {
-            if let Some(h) = w.handle.take() {
-                let _ = h.join();
-            }
+            w.handle = None;
         }
     }
 }

@@ -121,6 +121,26 @@ pub struct Rejection {
     pub message: String,
 }
 
+impl Rejection {
+    /// The answer to any request while the daemon drains: the request's id
+    /// and user as far as they could be parsed, so the client can tell which
+    /// request was refused.
+    pub fn shutting_down(parsed: &Result<Request, Rejection>) -> Rejection {
+        let (id, user, op, json) = match parsed {
+            Ok(r) => (r.id.clone(), r.user.clone(), Some(r.op), r.json),
+            Err(r) => (r.id.clone(), r.user.clone(), r.op, r.json),
+        };
+        Rejection {
+            id,
+            user,
+            op,
+            json,
+            code: Code::ShuttingDown,
+            message: "taskd is shutting down".into(),
+        }
+    }
+}
+
 /// What the parser needs to know about where a line arrived.
 pub struct ParseCtx<'a> {
     pub max_values: usize,

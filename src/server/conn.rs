@@ -6,10 +6,12 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
+use super::listener::ListenerSettings;
 use crate::protocol::frame::Framer;
 
 /// Unsent output above which a connection is not read further.
@@ -45,7 +47,8 @@ pub struct Conn {
     pub id: u64,
     pub stream: TcpStream,
     pub peer: SocketAddr,
-    pub listener: usize,
+    /// The listener's settings when the connection was accepted.
+    pub settings: Rc<ListenerSettings>,
     pub state: State,
     pub framer: Framer,
     /// Read but not yet framed (an incomplete line, or lines left while the
@@ -66,12 +69,18 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(id: u64, stream: TcpStream, peer: SocketAddr, listener: usize, now: Instant) -> Conn {
+    pub fn new(
+        id: u64,
+        stream: TcpStream,
+        peer: SocketAddr,
+        settings: Rc<ListenerSettings>,
+        now: Instant,
+    ) -> Conn {
         Conn {
             id,
             stream,
             peer,
-            listener,
+            settings,
             state: State::Open,
             framer: Framer::default(),
             rbuf: Vec::new(),

@@ -4,11 +4,13 @@
 //! SO_REUSEPORT or a bigger SO_RCVBUF only when asked for.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::OwnedFd;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::config::ListenerConfig;
+use crate::config::{Config, ListenerConfig, Proto};
+use crate::ops::{OPS, lookup};
 
 const BACKLOG: i32 = 1024;
 
@@ -49,4 +51,60 @@ pub fn bind_udp(l: &ListenerConfig) -> io::Result<mio::net::UdpSocket> {
     }
     socket.bind(&l.address.into())?;
     Ok(mio::net::UdpSocket::from_std(socket.into()))
+}
+
+/// What a listener's clients are served under. Connections keep the
+/// settings they were accepted with: a reload applies new `allow` and
+/// `ops` to new clients only.
+pub struct ListenerSettings {
+    pub cfg: ListenerConfig,
+    /// By OpId: enabled and in this listener's `ops`.
+    pub allowed: Vec<bool>,
+    /// `ops.pi.max_samples`, or `udp_max_samples` for UDP.
+    pub max_samples: u64,
+}
+
+impl ListenerSettings {
+    pub fn new(cfg: &Config, l: ListenerConfig) -> ListenerSettings {
+        let allowed = (0..OPS.len())
+            .map(|id| cfg.op_enabled(id) && l.ops.as_ref().is_none_or(|list| list.contains(&id)))
+            .collect();
+        let pi = lookup("pi").unwrap_or(0);
+        let key = if l.proto == Proto::Udp {
+            "udp_max_samples"
+        } else {
+            "max_samples"
+        };
+        ListenerSettings {
+            allowed,
+            max_samples: cfg.op_limit(pi, key),
+            cfg: l,
+        }
+    }
+
+    /// Whether `allow` admits a client.
+    pub fn admits(&self, ip: IpAddr) -> bool {
+        self.cfg
+            .allow
+            .as_ref()
+            .is_none_or(|nets| nets.iter().any(|n| n.contains(&ip)))
+    }
+
+    pub fn proto(&self) -> Proto {
+        self.cfg.proto
+    }
+}
+
+/// A TCP listener from a descriptor systemd passed.
+pub fn adopt_tcp(fd: OwnedFd) -> io::Result<mio::net::TcpListener> {
+    let l = std::net::TcpListener::from(fd);
+    l.set_nonblocking(true)?;
+    Ok(mio::net::TcpListener::from_std(l))
+}
+
+/// A UDP socket from a descriptor systemd passed.
+pub fn adopt_udp(fd: OwnedFd) -> io::Result<mio::net::UdpSocket> {
+    let s = std::net::UdpSocket::from(fd);
+    s.set_nonblocking(true)?;
+    Ok(mio::net::UdpSocket::from_std(s))
 }

