@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod files;
 pub mod numbers;
 pub mod ops;
 pub mod pool;

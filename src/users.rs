@@ -49,6 +49,23 @@ impl UserCounts {
         *self.counts.entry(name.to_owned()).or_insert(0) += 1;
     }
 
+    /// Puts back counts saved by an earlier run. Names beyond `max_users`
+    /// are folded into `~other`, as they would have been when counted.
+    pub fn restore(&mut self, saved: Vec<(String, u64)>) {
+        for (name, n) in saved {
+            let reserved = name == ANONYMOUS || name == OTHER;
+            let key = if reserved || self.counts.contains_key(&name) || self.named < self.max_users {
+                if !reserved && !self.counts.contains_key(&name) {
+                    self.named += 1;
+                }
+                name
+            } else {
+                OTHER.to_string()
+            };
+            *self.counts.entry(key).or_insert(0) += n;
+        }
+    }
+
     /// How many names are kept.
     pub fn len(&self) -> usize {
         self.counts.len()
@@ -80,6 +97,17 @@ mod tests {
         assert_eq!(
             u.snapshot(),
             vec![("Alice".into(), 1), ("anonymous".into(), 1), ("bob".into(), 2)]
+        );
+    }
+
+    #[test]
+    fn restored_counts_continue() {
+        let mut u = UserCounts::new(1);
+        u.restore(vec![("a".into(), 5), ("anonymous".into(), 2), ("b".into(), 1)]);
+        u.count(Some("a"));
+        assert_eq!(
+            u.snapshot(),
+            vec![("a".into(), 6), ("anonymous".into(), 2), ("~other".into(), 1)]
         );
     }
 

@@ -263,5 +263,7 @@ impl Server {
     }
 
     /// Reopens the results log (SIGUSR1, and after a reload).
-    pub(super) fn reopen_files(&mut self) {}
+    pub(super) fn reopen_files(&mut self) {
+        self.files.reopen(super::log_settings(&self.cfg));
+    }
 }

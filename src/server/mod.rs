@@ -14,6 +14,7 @@
 pub mod conn;
 mod lifecycle;
 pub mod listener;
+mod record;
 mod stream;
 mod task;
 mod tasks;
@@ -32,6 +33,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use crate::config::{Config, ListenerConfig, Proto};
+use crate::files::{self, FileWriter, LogSettings};
 use crate::ops::{InfoValue, LoopOp, OPS, Output};
 use crate::pool::Pool;
 use crate::protocol::{Code, ParseCtx};
@@ -52,6 +54,8 @@ const CONN_BASE: usize = 1 << 20;
 /// accept after EMFILE, the watchdog, STATUS=.
 const TICK: Duration = Duration::from_millis(250);
 const READ_CHUNK: usize = 64 * 1024;
+/// users.json is replaced at most this often (and at shutdown).
+const USERS_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A startup failure, with the exit status it calls for (SPEC section 7).
 #[derive(Debug)]
@@ -125,6 +129,9 @@ pub struct Server {
     chunking: VecDeque<usize>,
     running: usize,
     users: UserCounts,
+    /// The results log and users.json, written by the writer thread.
+    files: FileWriter,
+    next_users_save: Instant,
     counters: Counters,
     batches: Slab<UdpBatch>,
     next_batch_id: u64,
@@ -189,6 +196,19 @@ impl Server {
             cfg.scheduler.incoming_capacity,
             ready_capacity(cfg.scheduler.ready_capacity, workers),
         );
+        let users_path = cfg.server.state_dir.join("users.json");
+        let mut users = UserCounts::new(cfg.limits.max_users);
+        match files::load_users(&users_path) {
+            Ok(saved) => users.restore(saved),
+            Err(e) => {
+                return Err(StartError::other(format!(
+                    "cannot read {}: {e}",
+                    users_path.display()
+                )));
+            }
+        }
+        let files = FileWriter::start(log_settings(&cfg), users_path)
+            .map_err(|e| StartError::other(format!("cannot open the results log: {e}")))?;
         let now = Instant::now();
         let seed = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -197,7 +217,9 @@ impl Server {
         let mut server = Server {
             poll,
             signals: Some(signals),
-            users: UserCounts::new(cfg.limits.max_users),
+            users,
+            files,
+            next_users_save: now + USERS_SAVE_INTERVAL,
             config_path,
             listeners: Slab::new(),
             conns: Slab::new(),
@@ -333,6 +355,8 @@ impl Server {
             }
             self.turn(now);
             if self.drain_complete(now) {
+                self.save_users();
+                self.files.send();
                 return Ok(());
             }
         }
@@ -345,6 +369,7 @@ impl Server {
         self.pump(now);
         self.resume_paused(now);
         self.flush_dirty(now);
+        self.files.send();
         if now >= self.next_tick {
             self.tick(now);
             self.next_tick = now + TICK;
@@ -395,6 +420,12 @@ impl Server {
         }
         self.expire_connections(now);
         self.drain_tick(now);
+        if now >= self.next_users_save {
+            if self.users.dirty {
+                self.save_users();
+            }
+            self.next_users_save = now + USERS_SAVE_INTERVAL;
+        }
         if let Some((interval, last)) = self.watchdog
             && now.duration_since(last) >= interval
         {
@@ -465,6 +496,12 @@ impl Server {
         v
     }
 
+    /// Hands the current user counts to the writer thread.
+    fn save_users(&mut self) {
+        self.users.dirty = false;
+        self.files.save_users(self.users.snapshot());
+    }
+
     /// One line of live figures for systemd's STATUS=.
     fn status_line(&self) -> String {
         format!(
@@ -491,6 +528,14 @@ impl Server {
                 Some((l.settings.proto(), addr))
             })
             .collect()
+    }
+}
+
+fn log_settings(cfg: &Config) -> LogSettings {
+    LogSettings {
+        path: cfg.results_log.path.clone(),
+        max_bytes: cfg.results_log.max_bytes,
+        keep: cfg.results_log.keep,
     }
 }
 

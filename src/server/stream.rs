@@ -12,6 +12,7 @@ use mio::{Interest, Token};
 
 use super::conn::{self, Conn, MAX_PENDING_OUTPUT, State};
 use super::listener::ListenerSettings;
+use super::record::Answered;
 use super::task::Origin;
 use super::{CONN_BASE, Server, Sock, canonical};
 use crate::ops::{Exec, LoopOp, OPS};
@@ -258,9 +259,11 @@ impl Server {
                 let output = self.loop_op(op);
                 let Some(c) = self.conns.get_mut(key) else { return };
                 c.reply_now(|out| write_ok(out, req.id.as_ref(), req.json, &output));
+                let peer = c.peer;
                 if op == LoopOp::Quit {
                     c.state = State::Finishing;
                 }
+                self.log_answer(&Answered::immediate(settings.proto(), peer, &req, Ok(&output)));
             }
             Exec::List(_) | Exec::Pi => {
                 let Some(c) = self.conns.get_mut(key) else { return };
@@ -273,10 +276,10 @@ impl Server {
     }
 
     pub(super) fn answer_rejection(&mut self, key: usize, rej: &Rejection) {
-        self.account(rej.user.as_deref(), Some(rej.code));
-        if let Some(c) = self.conns.get_mut(key) {
-            c.reply_now(|out| write_err(out, rej.id.as_ref(), rej.json, rej.code, &rej.message));
-        }
+        let Some(c) = self.conns.get_mut(key) else { return };
+        c.reply_now(|out| write_err(out, rej.id.as_ref(), rej.json, rej.code, &rej.message));
+        let (proto, peer) = (c.settings.proto(), c.peer);
+        self.record(Answered::rejected(proto, peer, rej));
     }
 
     pub(super) fn log_rejection(&self, rej: &Rejection, line: &[u8]) {

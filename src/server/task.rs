@@ -42,8 +42,6 @@ pub struct PiWork {
 }
 
 #[derive(Debug)]
-// proto, peer, count and arrived are what the results log records.
-#[allow(dead_code)]
 pub struct Task {
     /// Unique for the daemon's lifetime; seeds pi's chunks.
     pub serial: u64,
@@ -55,6 +53,8 @@ pub struct Task {
     pub op: OpId,
     pub json: bool,
     pub count: usize,
+    /// The first values, for the results log.
+    pub values: Vec<String>,
     pub work: Work,
     pub arrived: Instant,
     pub started: Option<Instant>,

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::Server;
+use super::record::Answered;
 use super::task::{Origin, PiWork, Task, Work};
 use crate::config::Proto;
 use crate::ops::{self, Exec, OPS, Output};
@@ -23,8 +24,12 @@ impl Server {
         now: Instant,
     ) {
         let spec = &OPS[req.op];
+        let mut values = Vec::new();
         let (work, count, samples) = match req.args {
-            Args::Values { raw, count } => (Work::List { raw: Some(raw) }, count, 0),
+            Args::Values { raw, count } => {
+                values = self.values_to_log(&raw);
+                (Work::List { raw: Some(raw) }, count, 0)
+            }
             Args::Pi { samples, chunks } => {
                 let chunks = chunks.unwrap_or_else(|| {
                     u32::try_from((self.workers as u64).min(samples).min(ops::PI_MAX_CHUNKS)).unwrap_or(1)
@@ -54,6 +59,7 @@ impl Server {
             op: req.op,
             json: req.json,
             count,
+            values,
             work,
             arrived: now,
             started: None,
@@ -184,13 +190,25 @@ impl Server {
     }
 
     /// Answers a task: counts it, writes its reply into its place.
-    pub(super) fn finish(&mut self, task: Task, result: Result<Output, (Code, String)>, _now: Instant) {
+    pub(super) fn finish(&mut self, task: Task, result: Result<Output, (Code, String)>, now: Instant) {
         let mut reply = Vec::new();
         match &result {
             Ok(out) => write_ok(&mut reply, task.id.as_ref(), task.json, out),
             Err((code, msg)) => write_err(&mut reply, task.id.as_ref(), task.json, *code, msg),
         }
-        self.account(task.user.as_deref(), result.as_ref().err().map(|e| e.0));
+        let started = task.started.unwrap_or(now);
+        self.record(Answered {
+            proto: task.proto,
+            peer: task.peer,
+            user: task.user.as_deref(),
+            id: task.id.as_ref(),
+            op: Some(task.op),
+            count: task.count,
+            values: &task.values,
+            outcome: result.as_ref().map_err(|(c, m)| (*c, m.as_str())),
+            queue: started.duration_since(task.arrived),
+            run: now.duration_since(started),
+        });
         match task.origin {
             Origin::Conn { key, conn, seq } => {
                 if let Some(c) = self.conns.get_mut(key).filter(|c| c.id == conn) {
@@ -199,23 +217,6 @@ impl Server {
                 }
             }
             Origin::Udp { key, batch, line } => self.udp_fill(key, batch, line, reply),
-        }
-    }
-
-    /// Counts an answered request: per user, and done/failed by code.
-    pub(super) fn account(&mut self, user: Option<&str>, error: Option<Code>) {
-        match error {
-            None => {
-                self.counters.done += 1;
-                self.users.count(user);
-            }
-            Some(code) => {
-                self.counters.failed += 1;
-                self.counters.rejected[code as usize] += 1;
-                if code.counts_for_user() {
-                    self.users.count(user);
-                }
-            }
         }
     }
 }

@@ -8,8 +8,10 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use super::record::Answered;
 use super::task::Origin;
 use super::{Server, Sock, canonical};
+use crate::config::Proto;
 use crate::ops::{Exec, OPS};
 use crate::protocol::reply::{write_err, write_ok};
 use crate::protocol::{self, Code, Rejection};
@@ -95,9 +97,16 @@ impl Server {
             let mut reply = Vec::new();
             if line.len() > max {
                 let json = protocol::first_non_blank(line) == Some(b'{');
-                let msg = format!("line longer than max_line_bytes ({max})");
-                self.account(None, Some(Code::TooLong));
-                write_err(&mut reply, None, json, Code::TooLong, &msg);
+                let rej = Rejection {
+                    id: None,
+                    user: None,
+                    op: None,
+                    json,
+                    code: Code::TooLong,
+                    message: format!("line longer than max_line_bytes ({max})"),
+                };
+                self.record(Answered::rejected(Proto::Udp, peer, &rej));
+                write_err(&mut reply, None, json, Code::TooLong, &rej.message);
                 self.udp_fill(key, batch_id, i, reply);
                 continue;
             }
@@ -113,7 +122,7 @@ impl Server {
             match parsed {
                 Err(rej) => {
                     self.log_rejection(&rej, line);
-                    self.account(rej.user.as_deref(), Some(rej.code));
+                    self.record(Answered::rejected(Proto::Udp, peer, &rej));
                     write_err(&mut reply, rej.id.as_ref(), rej.json, rej.code, &rej.message);
                     self.udp_fill(key, batch_id, i, reply);
                 }
@@ -122,6 +131,7 @@ impl Server {
                         self.account(req.user.as_deref(), None);
                         let out = self.loop_op(op);
                         write_ok(&mut reply, req.id.as_ref(), req.json, &out);
+                        self.log_answer(&Answered::immediate(Proto::Udp, peer, &req, Ok(&out)));
                         self.udp_fill(key, batch_id, i, reply);
                     }
                     Exec::List(_) | Exec::Pi => {
@@ -130,7 +140,7 @@ impl Server {
                             batch: batch_id,
                             line: i,
                         };
-                        self.enqueue(req, origin, crate::config::Proto::Udp, peer, now);
+                        self.enqueue(req, origin, Proto::Udp, peer, now);
                     }
                 },
             }

@@ -1,0 +1,132 @@
+//! `state_dir/users.json`: the per-user request counts that survive restarts.
+//!
+//! The file is replaced atomically (temporary file, fsync, rename, fsync of the
+//! folder) so that a crash or power loss leaves either the old or the new
+//! snapshot, never a mix; a file that is nevertheless unreadable is moved aside
+//! rather than deleted, so an operator can still recover the counts by hand.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The users.json format (same as the `users` op):
+/// `[{"request_count":3,"username":"alice"},...]` sorted by the names' bytes.
+pub fn users_json(users: &[(String, u64)]) -> Vec<u8> {
+    let mut sorted: Vec<&(String, u64)> = users.iter().collect();
+    sorted.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    let mut out = Vec::with_capacity(2 + users.len() * 48);
+    out.push(b'[');
+    for (i, (name, count)) in sorted.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"request_count\":");
+        out.extend_from_slice(count.to_string().as_bytes());
+        out.extend_from_slice(b",\"username\":");
+        // Writing a &str to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, name);
+        out.push(b'}');
+    }
+    out.push(b']');
+    out
+}
+
+/// Parses the users.json array; the error says what is wrong, for the log.
+fn parse(data: &[u8]) -> Result<Vec<(String, u64)>, String> {
+    let value: serde_json::Value = serde_json::from_slice(data).map_err(|e| e.to_string())?;
+    let items = value.as_array().ok_or("not a JSON array")?;
+    // A BTreeMap of Strings is ordered by the names' bytes, the order the file promises.
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for (i, item) in items.iter().enumerate() {
+        let entry = || format!("entry {i}");
+        let obj = item
+            .as_object()
+            .ok_or_else(|| format!("{} is not an object", entry()))?;
+        let name = obj
+            .get("username")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| format!("{} has no string \"username\"", entry()))?;
+        let count = obj
+            .get("request_count")
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| format!("{} has no unsigned integer \"request_count\"", entry()))?;
+        // taskd never writes a name twice; a hand-edited file that does loses nothing.
+        let total = counts.entry(name.to_owned()).or_insert(0);
+        *total = total.saturating_add(count);
+    }
+    Ok(counts.into_iter().collect())
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+fn with_path(e: io::Error, what: &str, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+}
+
+/// Reads state_dir/users.json at start: Ok(counts). A missing file is Ok(empty).
+/// A corrupt one (not the array above) is moved aside to
+/// `users.json.corrupt-<unix seconds>` with a log::warn! naming both paths, and
+/// Ok(empty) is returned. Other I/O errors: Err (the message names the path).
+pub fn load_users(path: &Path) -> io::Result<Vec<(String, u64)>> {
+    let data = match fs::read(path) {
+        Ok(data) => data,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(with_path(e, "cannot read", path)),
+    };
+    let reason = match parse(&data) {
+        Ok(users) => return Ok(users),
+        Err(reason) => reason,
+    };
+    let now = SystemTime::now();
+    // A clock before 1970 is absurd but must not stop the daemon; 0 still names the file.
+    let secs = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let aside = with_suffix(path, &format!(".corrupt-{secs}"));
+    // Moving aside (not deleting) keeps the counts recoverable; if even that
+    // fails, starting empty would overwrite them at the first save, so refuse.
+    fs::rename(path, &aside).map_err(|e| with_path(e, "cannot move aside the corrupt", path))?;
+    log::warn!(
+        "{} is corrupt ({reason}); moved it aside to {} at {} and starting with empty user counts",
+        path.display(),
+        aside.display(),
+        humantime::format_rfc3339_seconds(now),
+    );
+    Ok(Vec::new())
+}
+
+fn write_tmp(tmp: &Path, users: &[(String, u64)]) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o640)
+        .open(tmp)?;
+    let mut data = users_json(users);
+    data.push(b'\n');
+    file.write_all(&data)?;
+    // The data must be on disk before the rename makes it the file of record.
+    file.sync_all()
+}
+
+/// Replaces `path` atomically with the snapshot; creates the folder if missing.
+pub(super) fn save_users(path: &Path, users: &[(String, u64)]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    fs::create_dir_all(dir).map_err(|e| with_path(e, "cannot create", dir))?;
+    let tmp = with_suffix(path, ".tmp");
+    if let Err(e) = write_tmp(&tmp, users).and_then(|()| fs::rename(&tmp, path)) {
+        // Best effort: a stale .tmp is harmless (the next save truncates it) but untidy.
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    // The rename itself is durable only once the folder is synced.
+    File::open(dir)?.sync_all()
+}

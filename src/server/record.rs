@@ -1,0 +1,237 @@
+//! What happens to every answered request besides its reply: the per-user
+//! count, the done/failed/rejected counters, and one JSON line in the
+//! results log (SPEC section 6), written into the writer's buffer and
+//! handed to the writer thread once per turn.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use super::Server;
+use crate::config::Proto;
+use crate::ops::{OPS, OpId, Output};
+use crate::protocol::reply::write_json_result;
+use crate::protocol::{Code, Id, RawValues, Rejection, Request};
+
+/// One answered request, as the results log and the counters see it.
+pub struct Answered<'a> {
+    pub proto: Proto,
+    pub peer: SocketAddr,
+    pub user: Option<&'a str>,
+    pub id: Option<&'a Id>,
+    pub op: Option<OpId>,
+    pub count: usize,
+    /// The first `values_logged` values, as the client wrote them.
+    pub values: &'a [String],
+    pub outcome: Result<&'a Output, (Code, &'a str)>,
+    pub queue: Duration,
+    pub run: Duration,
+}
+
+impl<'a> Answered<'a> {
+    /// A request the loop answered at once, without a task.
+    pub fn immediate(
+        proto: Proto,
+        peer: SocketAddr,
+        req: &'a Request,
+        outcome: Result<&'a Output, (Code, &'a str)>,
+    ) -> Answered<'a> {
+        Answered {
+            proto,
+            peer,
+            user: req.user.as_deref(),
+            id: req.id.as_ref(),
+            op: Some(req.op),
+            count: 0,
+            values: &[],
+            outcome,
+            queue: Duration::ZERO,
+            run: Duration::ZERO,
+        }
+    }
+
+    /// A request the loop refused.
+    pub fn rejected(proto: Proto, peer: SocketAddr, rej: &'a Rejection) -> Answered<'a> {
+        Answered {
+            proto,
+            peer,
+            user: rej.user.as_deref(),
+            id: rej.id.as_ref(),
+            op: rej.op,
+            count: 0,
+            values: &[],
+            outcome: Err((rej.code, &rej.message)),
+            queue: Duration::ZERO,
+            run: Duration::ZERO,
+        }
+    }
+}
+
+/// The first `n` values of a request, kept for the results log before the
+/// values go to a worker.
+pub fn first_values(raw: &RawValues, n: usize) -> Vec<String> {
+    match raw {
+        RawValues::Text(bytes) => bytes
+            .split(|&b| matches!(b, b' ' | b'\t' | b',' | b'[' | b']'))
+            .filter(|t| !t.is_empty())
+            .take(n)
+            .map(|t| String::from_utf8_lossy(t).into_owned())
+            .collect(),
+        RawValues::Json(vals) => vals
+            .iter()
+            .take(n)
+            .map(|v| match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect(),
+    }
+}
+
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+fn millis(d: Duration) -> f64 {
+    (d.as_micros() as f64) / 1000.0
+}
+
+impl Server {
+    /// Counts an answered request and logs it.
+    pub(super) fn record(&mut self, a: Answered) {
+        self.account(a.user, a.outcome.as_ref().err().map(|e| e.0));
+        self.log_answer(&a);
+    }
+
+    /// Counts an answered request: per user, and done/failed by code.
+    pub(super) fn account(&mut self, user: Option<&str>, error: Option<Code>) {
+        match error {
+            None => {
+                self.counters.done += 1;
+                self.users.count(user);
+            }
+            Some(code) => {
+                self.counters.failed += 1;
+                self.counters.rejected[code as usize] += 1;
+                if code.counts_for_user() {
+                    self.users.count(user);
+                }
+            }
+        }
+    }
+
+    /// Writes the results log line of an answered request.
+    pub(super) fn log_answer(&mut self, a: &Answered) {
+        if self.cfg.results_log.path.is_some() {
+            write_log_line(self.files.buffer(), a);
+        }
+    }
+
+    /// The values to keep for the results log, when it is on.
+    pub(super) fn values_to_log(&self, raw: &RawValues) -> Vec<String> {
+        if self.cfg.results_log.path.is_some() {
+            first_values(raw, self.cfg.results_log.values_logged)
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+fn write_log_line(out: &mut Vec<u8>, a: &Answered) {
+    let time = humantime::format_rfc3339_micros(SystemTime::now());
+    let _ = write!(
+        out,
+        "{{\"time\":\"{time}\",\"peer\":\"{}\",\"proto\":\"{}\",\"user\":",
+        a.peer,
+        a.proto.as_str()
+    );
+    json_str(out, a.user.unwrap_or(crate::users::ANONYMOUS));
+    out.extend_from_slice(b",\"id\":");
+    match a.id {
+        Some(Id::Text(s)) => json_str(out, s),
+        Some(Id::Int(n)) => {
+            let _ = write!(out, "{n}");
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"op\":");
+    match a.op {
+        Some(op) => json_str(out, OPS[op].name),
+        None => out.extend_from_slice(b"null"),
+    }
+    let _ = write!(out, ",\"count\":{},\"values\":[", a.count);
+    for (i, v) in a.values.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json_str(out, v);
+    }
+    out.extend_from_slice(b"],");
+    match &a.outcome {
+        Ok(result) => {
+            out.extend_from_slice(b"\"ok\":true,\"result\":");
+            write_json_result(out, result);
+        }
+        Err((code, message)) => {
+            let _ = write!(out, "\"ok\":false,\"error\":\"{}\",\"message\":", code.as_str());
+            json_str(out, message);
+        }
+    }
+    let _ = writeln!(
+        out,
+        ",\"queue_ms\":{},\"run_ms\":{}}}",
+        millis(a.queue),
+        millis(a.run)
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::numbers::Num;
+
+    #[test]
+    fn log_lines_are_json_with_every_field() {
+        let mut out = Vec::new();
+        let values = vec!["1".to_string(), "2".to_string()];
+        write_log_line(
+            &mut out,
+            &Answered {
+                proto: Proto::Tcp,
+                peer: "127.0.0.1:5000".parse().unwrap(),
+                user: Some("alice"),
+                id: Some(&Id::Text("7".into())),
+                op: crate::ops::lookup("max"),
+                count: 2,
+                values: &values,
+                outcome: Ok(&Output::Num(Num::Int(2))),
+                queue: Duration::from_micros(1500),
+                run: Duration::from_micros(20),
+            },
+        );
+        assert_eq!(out.last(), Some(&b'\n'));
+        let j: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        for key in [
+            "time", "peer", "proto", "user", "id", "op", "count", "values", "ok", "result", "queue_ms",
+            "run_ms",
+        ] {
+            assert!(j.get(key).is_some(), "{key} missing in {j}");
+        }
+        assert_eq!(j["result"], 2);
+        assert_eq!(j["queue_ms"], 1.5);
+    }
+
+    #[test]
+    fn first_values_takes_tokens_of_text_and_json() {
+        assert_eq!(
+            first_values(&RawValues::Text(b"[1, 2,3]".to_vec()), 2),
+            ["1", "2"]
+        );
+        let json = RawValues::Json(vec![
+            serde_json::json!(1),
+            serde_json::json!("9223372036854775807"),
+        ]);
+        assert_eq!(first_values(&json, 5), ["1", "9223372036854775807"]);
+    }
+}
