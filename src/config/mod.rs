@@ -254,44 +254,9 @@ impl fmt::Display for Proto {
     }
 }
 
-/// The long-term scheduler's policy (SPEC section 3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Policy {
-    /// Highest response ratio next.
-    #[default]
-    Hrrn,
-    /// Smallest cost class first.
-    Sjf,
-    /// Arrival order.
-    Fifo,
-}
-
-impl Policy {
-    /// Every policy.
-    pub const ALL: [Policy; 3] = [Policy::Hrrn, Policy::Sjf, Policy::Fifo];
-
-    /// The name used in the configuration.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Policy::Hrrn => "hrrn",
-            Policy::Sjf => "sjf",
-            Policy::Fifo => "fifo",
-        }
-    }
-
-    /// The policy named `s` (ASCII case-insensitive).
-    pub fn parse(s: &str) -> Option<Policy> {
-        Policy::ALL
-            .into_iter()
-            .find(|p| p.as_str().eq_ignore_ascii_case(s))
-    }
-}
-
-impl fmt::Display for Policy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The long-term scheduler's policy (SPEC section 3), defined with the
+/// scheduler itself.
+pub use crate::sched::Policy;
 
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,6 +19,9 @@ pub enum Policy {
 }
 
 impl Policy {
+    /// Every policy.
+    pub const ALL: [Policy; 3] = [Policy::Hrrn, Policy::Sjf, Policy::Fifo];
+
     /// The configuration spelling: `"hrrn"`, `"sjf"` or `"fifo"`.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -30,7 +33,7 @@ impl Policy {
 
     /// Parses the configuration spelling, ignoring ASCII case.
     pub fn parse(s: &str) -> Option<Policy> {
-        [Policy::Hrrn, Policy::Sjf, Policy::Fifo]
+        Policy::ALL
             .into_iter()
             .find(|p| p.as_str().eq_ignore_ascii_case(s))
     }
@@ -85,4 +88,10 @@ fn pick_hrrn<T>(queues: &ClassQueues<T>, now: Instant) -> Option<u32> {
         }
     }
     best.map(|(class, ..)| class)
+}
+
+impl std::fmt::Display for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }

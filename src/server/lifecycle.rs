@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::conn::State;
 use super::listener::ListenerSettings;
-use super::{Server, Sock, policy_of, ready_capacity, resolve_workers};
+use super::{Server, Sock, ready_capacity, resolve_workers};
 use crate::config::{self, Config, listener_key};
 use crate::protocol::Code;
 use crate::systemd;
@@ -240,7 +240,7 @@ impl Server {
             );
         }
         self.sched.reconfigure(
-            policy_of(self.cfg.scheduler.policy),
+            self.cfg.scheduler.policy,
             self.cfg.scheduler.incoming_capacity,
             ready_capacity(self.cfg.scheduler.ready_capacity, self.workers),
         );

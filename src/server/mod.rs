@@ -37,7 +37,7 @@ use crate::files::{self, FileWriter, LogSettings};
 use crate::ops::{InfoValue, LoopOp, OPS, Output};
 use crate::pool::Pool;
 use crate::protocol::{Code, ParseCtx};
-use crate::sched::{Policy, Scheduler};
+use crate::sched::Scheduler;
 use crate::signals::Signals;
 use crate::systemd::{self, Passed};
 use crate::users::UserCounts;
@@ -165,14 +165,6 @@ fn ready_capacity(configured: usize, workers: usize) -> usize {
     if configured == 0 { 2 * workers } else { configured }
 }
 
-fn policy_of(p: crate::config::Policy) -> Policy {
-    match p {
-        crate::config::Policy::Hrrn => Policy::Hrrn,
-        crate::config::Policy::Sjf => Policy::Sjf,
-        crate::config::Policy::Fifo => Policy::Fifo,
-    }
-}
-
 impl Server {
     /// Binds every listener (or adopts the sockets systemd passed) and
     /// starts the workers.
@@ -192,7 +184,7 @@ impl Server {
         let pool = Pool::new(workers, Arc::clone(&waker))
             .map_err(|e| StartError::other(format!("cannot start {workers} workers: {e}")))?;
         let sched = Scheduler::new(
-            policy_of(cfg.scheduler.policy),
+            cfg.scheduler.policy,
             cfg.scheduler.incoming_capacity,
             ready_capacity(cfg.scheduler.ready_capacity, workers),
         );
