@@ -9,6 +9,7 @@ pub mod numbers;
 pub mod ops;
 pub mod pool;
 pub mod protocol;
+pub mod ratelimit;
 pub mod sched;
 pub mod server;
 pub mod signals;

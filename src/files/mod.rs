@@ -23,7 +23,7 @@ use std::thread::JoinHandle;
 
 pub use users_file::{load_users, users_json};
 
-use writer::WarnLimiter;
+use crate::ratelimit::RateLimited;
 
 /// Where and how the results log is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,7 +71,7 @@ pub struct FileWriter {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
     /// For batches dropped on this side (queue full, thread gone).
-    warn: WarnLimiter,
+    warn: RateLimited,
 }
 
 impl fmt::Debug for FileWriter {
@@ -105,7 +105,7 @@ impl FileWriter {
             spare,
             shared,
             thread: Some(thread),
-            warn: WarnLimiter::new("results log"),
+            warn: RateLimited::new("results log", log::Level::Warn, writer::WARN_INTERVAL),
         })
     }
 
@@ -130,10 +130,12 @@ impl FileWriter {
         {
             self.buf.clear();
             self.shared.count_error();
-            self.warn.warn(format!(
-                "results log: the writer is more than {} MiB behind; lines dropped",
-                MAX_QUEUED_BYTES >> 20
-            ));
+            self.warn.log(|| {
+                format!(
+                    "results log: the writer is more than {} MiB behind; lines dropped",
+                    MAX_QUEUED_BYTES >> 20
+                )
+            });
             return;
         }
         let next = self.spare.try_recv().unwrap_or_default();
@@ -189,7 +191,7 @@ impl FileWriter {
     fn thread_gone(&mut self) {
         self.shared.count_error();
         self.warn
-            .warn("the file writer thread is gone; results log lines and user counts are lost".to_owned());
+            .log(|| "the file writer thread is gone; results log lines and user counts are lost".to_owned());
     }
 }
 

@@ -16,6 +16,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use super::{LogSettings, Msg, Shared, rotate, users_file};
+use crate::ratelimit::RateLimited;
 
 /// Lines reach the file at least this often, and a failed users.json is retried this often.
 const TICK: Duration = Duration::from_secs(1);
@@ -27,54 +28,7 @@ const SPARE_MAX: usize = 1 << 20;
 /// batches cannot postpone the once-a-second flush indefinitely.
 const DRAIN_MAX: usize = 256;
 /// At most one warning per this interval for each file.
-const WARN_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Keeps a failing disk from flooding the journal: one warning per interval,
-/// with the number of the ones left out.
-pub(super) struct WarnLimiter {
-    what: &'static str,
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl WarnLimiter {
-    pub(super) fn new(what: &'static str) -> WarnLimiter {
-        WarnLimiter {
-            what,
-            last: None,
-            suppressed: 0,
-        }
-    }
-
-    pub(super) fn warn(&mut self, msg: String) {
-        let now = Instant::now();
-        if let Some(last) = self.last
-            && now.duration_since(last) < WARN_INTERVAL
-        {
-            self.suppressed += 1;
-            return;
-        }
-        if self.suppressed > 0 {
-            log::warn!("{msg} ({} similar warnings suppressed)", self.suppressed);
-        } else {
-            log::warn!("{msg}");
-        }
-        self.last = Some(now);
-        self.suppressed = 0;
-    }
-
-    /// At exit, so the count of left-out warnings is not lost.
-    fn finish(&mut self) {
-        if self.suppressed > 0 {
-            log::warn!(
-                "{}: {} more failures not logged individually",
-                self.what,
-                self.suppressed
-            );
-            self.suppressed = 0;
-        }
-    }
-}
+pub(super) const WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Opens the log for appending; returns the file and its size, None when it is
 /// not a regular file (a device such as /dev/full or /dev/stdout is never rotated).
@@ -116,7 +70,7 @@ pub(super) struct LogFile {
     /// Complete lines not yet written.
     pending: Vec<u8>,
     shared: Arc<Shared>,
-    warn: WarnLimiter,
+    warn: RateLimited,
 }
 
 impl LogFile {
@@ -127,7 +81,7 @@ impl LogFile {
             size: None,
             pending: Vec::new(),
             shared,
-            warn: WarnLimiter::new("results log"),
+            warn: RateLimited::new("results log", log::Level::Warn, WARN_INTERVAL),
         };
         if let Some(path) = &log.settings.path {
             let (file, size) = open_log(path)
@@ -140,7 +94,7 @@ impl LogFile {
 
     fn fail(&mut self, msg: String) {
         self.shared.count_error();
-        self.warn.warn(msg);
+        self.warn.log(|| msg);
     }
 
     /// Opens the configured file; a failure is counted and logged.
@@ -278,7 +232,7 @@ pub(super) struct Writer {
     users: Option<Vec<(String, u64)>>,
     /// `users` arrived since the last attempt (else it is a failed one waiting for a retry).
     users_new: bool,
-    users_warn: WarnLimiter,
+    users_warn: RateLimited,
     shared: Arc<Shared>,
     spare: Sender<Vec<u8>>,
 }
@@ -295,7 +249,7 @@ impl Writer {
             users_path,
             users: None,
             users_new: false,
-            users_warn: WarnLimiter::new("users.json"),
+            users_warn: RateLimited::new("users.json", log::Level::Warn, WARN_INTERVAL),
             shared,
             spare,
         }
@@ -378,8 +332,9 @@ impl Writer {
             Ok(()) => self.users = None,
             Err(e) => {
                 self.shared.count_error();
+                let path = &self.users_path;
                 self.users_warn
-                    .warn(format!("cannot write {}: {e}", self.users_path.display()));
+                    .log(|| format!("cannot write {}: {e}", path.display()));
             }
         }
     }

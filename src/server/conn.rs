@@ -63,6 +63,9 @@ pub struct Conn {
     next_out: u64,
     /// Tasks in the scheduler or on a worker.
     pub inflight: usize,
+    /// Not read while all buffers together exceed `max_buffered_bytes`
+    /// and this connection is among the largest holders.
+    pub memory_paused: bool,
     /// Last moment the connection made progress (a complete request read,
     /// or output written).
     pub last_active: Instant,
@@ -90,6 +93,7 @@ impl Conn {
             slots: VecDeque::new(),
             next_out: 0,
             inflight: 0,
+            memory_paused: false,
             last_active: now,
         }
     }

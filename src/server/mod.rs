@@ -37,6 +37,7 @@ use crate::files::{self, FileWriter, LogSettings};
 use crate::ops::{InfoValue, LoopOp, OPS, Output};
 use crate::pool::Pool;
 use crate::protocol::{Code, ParseCtx};
+use crate::ratelimit::RateLimited;
 use crate::sched::Scheduler;
 use crate::signals::Signals;
 use crate::systemd::{self, Passed};
@@ -133,6 +134,8 @@ pub struct Server {
     files: FileWriter,
     next_users_save: Instant,
     counters: Counters,
+    /// Refused requests, logged at most once a second.
+    reject_log: RateLimited,
     batches: Slab<UdpBatch>,
     next_batch_id: u64,
     scratch: Vec<u8>,
@@ -225,6 +228,7 @@ impl Server {
             chunking: VecDeque::new(),
             running: 0,
             counters: Counters::default(),
+            reject_log: RateLimited::new("refused requests", log::Level::Info, Duration::from_secs(1)),
             batches: Slab::new(),
             next_batch_id: 1,
             scratch: vec![0; READ_CHUNK],
@@ -347,6 +351,7 @@ impl Server {
             }
             self.turn(now);
             if self.drain_complete(now) {
+                self.reject_log.finish();
                 self.save_users();
                 self.files.send();
                 return Ok(());
@@ -411,6 +416,7 @@ impl Server {
             }
         }
         self.expire_connections(now);
+        self.limit_buffers();
         self.drain_tick(now);
         if now >= self.next_users_save {
             if self.users.dirty {

@@ -101,6 +101,13 @@ impl Server {
     /// Counts an answered request and logs it.
     pub(super) fn record(&mut self, a: Answered) {
         self.account(a.user, a.outcome.as_ref().err().map(|e| e.0));
+        if let Err((code, message)) = a.outcome
+            && code != Code::ShuttingDown
+        {
+            // The message names what was wrong, sanitized and truncated.
+            self.reject_log
+                .log(|| format!("{} from {}: {message}", code.as_str(), a.peer));
+        }
         self.log_answer(&a);
     }
 

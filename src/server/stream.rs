@@ -114,7 +114,8 @@ impl Server {
 
     /// Whether a connection must stop taking requests for now.
     pub(super) fn blocked(&self, c: &Conn) -> bool {
-        c.inflight >= self.cfg.limits.max_inflight_per_conn
+        c.memory_paused
+            || c.inflight >= self.cfg.limits.max_inflight_per_conn
             || self.sched.incoming_is_full()
             || c.pending_output() > MAX_PENDING_OUTPUT
     }
@@ -247,7 +248,6 @@ impl Server {
         let req = match parsed {
             Ok(r) => r,
             Err(rej) => {
-                self.log_rejection(&rej, line);
                 self.answer_rejection(key, &rej);
                 return;
             }
@@ -282,14 +282,6 @@ impl Server {
         self.record(Answered::rejected(proto, peer, rej));
     }
 
-    pub(super) fn log_rejection(&self, rej: &Rejection, line: &[u8]) {
-        log::debug!(
-            "{} {}: {}",
-            rej.code.as_str(),
-            protocol::sanitize(line, 80),
-            rej.message
-        );
-    }
     pub(super) fn resume_paused(&mut self, now: Instant) {
         if self.paused.is_empty() {
             return;
@@ -360,6 +352,47 @@ impl Server {
             if *n == 0 {
                 self.per_ip.remove(&ip);
             }
+        }
+    }
+
+    /// `max_buffered_bytes`: when all connections' buffers together exceed
+    /// it, the largest holders stop being read until the total is back under
+    /// three quarters of the limit. Nothing is dropped; their replies still
+    /// drain.
+    pub(super) fn limit_buffers(&mut self) {
+        let max = self.cfg.limits.max_buffered_bytes;
+        let mut sizes: Vec<(usize, usize)> = self.conns.iter().map(|(k, c)| (c.buffered(), k)).collect();
+        let total: usize = sizes.iter().map(|s| s.0).sum();
+        if total <= max * 3 / 4 {
+            for (_, key) in sizes {
+                if let Some(c) = self.conns.get_mut(key)
+                    && c.memory_paused
+                {
+                    c.memory_paused = false;
+                    self.paused.push(key);
+                }
+            }
+            return;
+        }
+        if total <= max {
+            return;
+        }
+        sizes.sort_unstable_by(|a, b| b.cmp(a));
+        let mut left = total;
+        for (size, key) in sizes {
+            if left <= max * 3 / 4 {
+                break;
+            }
+            if let Some(c) = self.conns.get_mut(key)
+                && !c.memory_paused
+            {
+                log::info!(
+                    "buffers at {total} bytes, over max_buffered_bytes; pausing {} ({size} bytes)",
+                    c.peer
+                );
+                c.memory_paused = true;
+            }
+            left = left.saturating_sub(size);
         }
     }
 

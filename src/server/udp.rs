@@ -121,7 +121,6 @@ impl Server {
             };
             match parsed {
                 Err(rej) => {
-                    self.log_rejection(&rej, line);
                     self.record(Answered::rejected(Proto::Udp, peer, &rej));
                     write_err(&mut reply, rej.id.as_ref(), rej.json, rej.code, &rej.message);
                     self.udp_fill(key, batch_id, i, reply);
