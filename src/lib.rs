@@ -5,6 +5,8 @@
 pub mod cli;
 pub mod config;
 pub mod files;
+pub mod http;
+pub mod metrics;
 pub mod numbers;
 pub mod ops;
 pub mod pool;

@@ -66,6 +66,8 @@ pub struct Conn {
     /// Not read while all buffers together exceed `max_buffered_bytes`
     /// and this connection is among the largest holders.
     pub memory_paused: bool,
+    /// HTTP: "100 Continue" already sent for the request being read.
+    pub continue_sent: bool,
     /// Last moment the connection made progress (a complete request read,
     /// or output written).
     pub last_active: Instant,
@@ -94,6 +96,7 @@ impl Conn {
             next_out: 0,
             inflight: 0,
             memory_paused: false,
+            continue_sent: false,
             last_active: now,
         }
     }

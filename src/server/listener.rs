@@ -19,7 +19,12 @@ fn socket_for(addr: &SocketAddr, ty: Type, proto: Protocol, l: &ListenerConfig) 
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
-    socket.set_reuse_address(true)?;
+    // For TCP, SO_REUSEADDR only lets a restart bind past TIME_WAIT. For
+    // UDP it would let a second daemon share the port and steal its
+    // datagrams, so a busy UDP port must fail instead.
+    if ty == Type::STREAM {
+        socket.set_reuse_address(true)?;
+    }
     if l.reuse_port {
         socket.set_reuse_port(true)?;
     }

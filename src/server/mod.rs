@@ -12,6 +12,7 @@
 //! (scheduler and pool), `lifecycle.rs` (signals, reload, drain, systemd).
 
 pub mod conn;
+mod http_conn;
 mod lifecycle;
 pub mod listener;
 mod record;
@@ -34,6 +35,7 @@ use slab::Slab;
 
 use crate::config::{Config, ListenerConfig, Proto};
 use crate::files::{self, FileWriter, LogSettings};
+use crate::metrics::Metrics;
 use crate::ops::{InfoValue, LoopOp, OPS, Output};
 use crate::pool::Pool;
 use crate::protocol::{Code, ParseCtx};
@@ -134,6 +136,7 @@ pub struct Server {
     files: FileWriter,
     next_users_save: Instant,
     counters: Counters,
+    metrics: Metrics,
     /// Refused requests, logged at most once a second.
     reject_log: RateLimited,
     batches: Slab<UdpBatch>,
@@ -228,6 +231,7 @@ impl Server {
             chunking: VecDeque::new(),
             running: 0,
             counters: Counters::default(),
+            metrics: Metrics::new(cfg.metrics.per_user),
             reject_log: RateLimited::new("refused requests", log::Level::Info, Duration::from_secs(1)),
             batches: Slab::new(),
             next_batch_id: 1,
@@ -287,7 +291,7 @@ impl Server {
                     .map_err(fail)?;
                 Sock::Udp(s, UdpOut::default())
             }
-            Proto::Tcp => {
+            Proto::Tcp | Proto::Http => {
                 let mut s = match passed {
                     Some(p) => listener::adopt_tcp(p.fd),
                     None => listener::bind_tcp(&l),
@@ -535,6 +539,19 @@ fn log_settings(cfg: &Config) -> LogSettings {
         max_bytes: cfg.results_log.max_bytes,
         keep: cfg.results_log.keep,
     }
+}
+
+/// Open connections per transport, for /metrics.
+fn conns_by_proto(conns: &Slab<Conn>) -> Vec<(&'static str, usize)> {
+    let mut counts: Vec<(&'static str, usize)> = Vec::new();
+    for (_, c) in conns.iter() {
+        let p = c.settings.proto().as_str();
+        match counts.iter_mut().find(|(q, _)| *q == p) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((p, 1)),
+        }
+    }
+    counts
 }
 
 /// Takes the passed socket that serves listener `l`: same kind (stream or

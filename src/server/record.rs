@@ -100,7 +100,16 @@ fn millis(d: Duration) -> f64 {
 impl Server {
     /// Counts an answered request and logs it.
     pub(super) fn record(&mut self, a: Answered) {
-        self.account(a.user, a.outcome.as_ref().err().map(|e| e.0));
+        let code = a.outcome.as_ref().err().map(|e| e.0);
+        self.account(a.user, code);
+        let duration = (a.op.is_some() && !(a.queue + a.run).is_zero()).then_some(a.queue + a.run);
+        self.metrics.record(
+            a.proto.as_str(),
+            a.op,
+            code,
+            duration,
+            Some(a.user.unwrap_or(crate::users::ANONYMOUS)),
+        );
         if let Err((code, message)) = a.outcome
             && code != Code::ShuttingDown
         {

@@ -15,6 +15,7 @@ use super::listener::ListenerSettings;
 use super::record::Answered;
 use super::task::Origin;
 use super::{CONN_BASE, Server, Sock, canonical};
+use crate::config::Proto;
 use crate::ops::{Exec, LoopOp, OPS};
 use crate::protocol::frame::Frame;
 use crate::protocol::reply::{write_err, write_ok};
@@ -183,7 +184,6 @@ impl Server {
         let mut buf = std::mem::take(&mut c.rbuf);
         let eof = c.eof;
         let settings = Rc::clone(&c.settings);
-        let max = self.cfg.limits.max_line_bytes;
         let mut pos = 0;
         let mut open = true;
         loop {
@@ -203,29 +203,13 @@ impl Server {
                 open = false;
                 break;
             }
-            let Some(c) = self.conns.get_mut(key) else { break };
-            match c.framer.next(&buf, &mut pos, max, eof) {
-                None => break,
-                Some(Frame::TooLong { json }) => {
-                    c.last_active = now;
-                    self.answer_rejection(
-                        key,
-                        &Rejection {
-                            id: None,
-                            user: None,
-                            op: None,
-                            json,
-                            code: Code::TooLong,
-                            message: format!("line longer than max_line_bytes ({max})"),
-                        },
-                    );
-                }
-                Some(Frame::Line(line)) => {
-                    if !protocol::is_blank(line) {
-                        c.last_active = now;
-                        self.handle_line(key, &settings, line, now);
-                    }
-                }
+            let more = if settings.proto() == Proto::Http {
+                self.http_step(key, &settings, &buf, &mut pos, now)
+            } else {
+                self.line_step(key, &settings, &buf, &mut pos, eof, now)
+            };
+            if !more {
+                break;
             }
         }
         buf.drain(..pos);
@@ -238,6 +222,45 @@ impl Server {
         self.dirty.push(key);
         open
     }
+    /// Frames and handles one line of a line-protocol connection; false
+    /// when no complete line is left.
+    fn line_step(
+        &mut self,
+        key: usize,
+        settings: &ListenerSettings,
+        buf: &[u8],
+        pos: &mut usize,
+        eof: bool,
+        now: Instant,
+    ) -> bool {
+        let max = self.cfg.limits.max_line_bytes;
+        let Some(c) = self.conns.get_mut(key) else {
+            return false;
+        };
+        match c.framer.next(buf, pos, max, eof) {
+            None => return false,
+            Some(Frame::TooLong { json }) => {
+                c.last_active = now;
+                let rej = Rejection {
+                    id: None,
+                    user: None,
+                    op: None,
+                    json,
+                    code: Code::TooLong,
+                    message: format!("line longer than max_line_bytes ({max})"),
+                };
+                self.answer_rejection(key, &rej);
+            }
+            Some(Frame::Line(line)) => {
+                if !protocol::is_blank(line) {
+                    c.last_active = now;
+                    self.handle_line(key, settings, line, now);
+                }
+            }
+        }
+        true
+    }
+
     pub(super) fn handle_line(&mut self, key: usize, settings: &ListenerSettings, line: &[u8], now: Instant) {
         let parsed = protocol::parse_line(line, &self.parse_ctx(settings));
         if self.refusing(now) {
@@ -270,7 +293,7 @@ impl Server {
                 let seq = c.reserve();
                 let origin = Origin::Conn { key, conn: c.id, seq };
                 let (proto, peer) = (settings.proto(), c.peer);
-                self.enqueue(req, origin, proto, peer, now);
+                self.enqueue(req, origin, proto, peer, None, now);
             }
         }
     }

@@ -56,6 +56,8 @@ pub struct Task {
     /// The first values, for the results log.
     pub values: Vec<String>,
     pub work: Work,
+    /// Set for HTTP requests: how the result becomes a response.
+    pub http: Option<super::http_conn::HttpReply>,
     pub arrived: Instant,
     pub started: Option<Instant>,
 }

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::Server;
+use super::http_conn::{HttpReply, task_response};
 use super::record::Answered;
 use super::task::{Origin, PiWork, Task, Work};
 use crate::config::Proto;
@@ -21,6 +22,7 @@ impl Server {
         origin: Origin,
         proto: Proto,
         peer: SocketAddr,
+        http: Option<HttpReply>,
         now: Instant,
     ) {
         let spec = &OPS[req.op];
@@ -61,6 +63,7 @@ impl Server {
             count,
             values,
             work,
+            http,
             arrived: now,
             started: None,
         };
@@ -192,9 +195,12 @@ impl Server {
     /// Answers a task: counts it, writes its reply into its place.
     pub(super) fn finish(&mut self, task: Task, result: Result<Output, (Code, String)>, now: Instant) {
         let mut reply = Vec::new();
-        match &result {
-            Ok(out) => write_ok(&mut reply, task.id.as_ref(), task.json, out),
-            Err((code, msg)) => write_err(&mut reply, task.id.as_ref(), task.json, *code, msg),
+        match (&result, task.http) {
+            (_, Some(http)) => {
+                reply = task_response(http, task.id.as_ref(), &result, now.duration_since(task.arrived))
+            }
+            (Ok(out), None) => write_ok(&mut reply, task.id.as_ref(), task.json, out),
+            (Err((code, msg)), None) => write_err(&mut reply, task.id.as_ref(), task.json, *code, msg),
         }
         let started = task.started.unwrap_or(now);
         self.record(Answered {

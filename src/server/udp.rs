@@ -139,7 +139,7 @@ impl Server {
                             batch: batch_id,
                             line: i,
                         };
-                        self.enqueue(req, origin, Proto::Udp, peer, now);
+                        self.enqueue(req, origin, Proto::Udp, peer, None, now);
                     }
                 },
             }

@@ -1,0 +1,99 @@
+//! The HTTP API of SPEC section 2, without I/O: the event loop hands
+//! [`parse_request`] the bytes a connection has received, [`route`]s each
+//! request to an [`Action`], and writes the answer with [`write_response`]
+//! (or the helpers built on it).
+//!
+//! Requests go through the line protocol's own parsers (`protocol::head`
+//! for query strings, `protocol::json` for POST bodies), so HTTP clients get
+//! the same precedence, codes and messages as everyone else.
+
+mod parse;
+mod response;
+mod route;
+
+pub use parse::{expect_continue, parse_request};
+pub use response::{
+    CONTINUE, JSON_CONTENT_TYPE, METRICS_CONTENT_TYPE, error_body, healthz_body, reason_phrase, seed_pi_body,
+    statistics_body, status_for, write_error, write_rejection, write_response,
+};
+pub use route::{SEED_PI_DEFAULT_CONCURRENCY, SEED_PI_DEFAULT_SIMULATIONS, route};
+
+/// More header fields than this: 431.
+pub const MAX_HEADERS: usize = 64;
+/// A request head (request line and header fields) larger than this: 431.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// One parsed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRequest {
+    pub method: String,
+    /// The path of the request target, as sent (not percent-decoded); an
+    /// absolute-form target (`http://host/path`) is reduced to its path.
+    pub path: String,
+    /// The query string's pairs in order, percent-decoded, `+` as space; a
+    /// key without `=` has an empty value.
+    pub query: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// HTTP/1.1: true unless `Connection: close`; HTTP/1.0: only with
+    /// `Connection: keep-alive`.
+    pub keep_alive: bool,
+}
+
+/// A request answered with an HTTP-level error (not one of the line
+/// protocol's codes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpError {
+    pub status: u16,
+    /// `parse`, `length-required`, `too-long`, `headers-too-large`,
+    /// `not-found`, `method`.
+    pub code: &'static str,
+    pub message: String,
+    /// Close the connection after the response.
+    pub close: bool,
+    /// The `Allow` header of a 405.
+    pub allow: Option<&'static str>,
+}
+
+impl HttpError {
+    pub fn new(status: u16, code: &'static str, message: String, close: bool) -> HttpError {
+        HttpError {
+            status,
+            code,
+            message,
+            close,
+            allow: None,
+        }
+    }
+}
+
+/// What [`parse_request`] found at the start of the buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    /// Read more.
+    Incomplete,
+    /// A whole request; drop `consumed` bytes from the buffer.
+    Request { req: HttpRequest, consumed: usize },
+    /// Answer it and close the connection (every parse error has `close`):
+    /// the rest of the buffer cannot be trusted.
+    Error(HttpError),
+}
+
+/// What the loop must do with a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// A computation/op request (`req.json` is true): answered with the
+    /// line protocol's JSON reply as the body. `seed_pi`: the `/pi`
+    /// endpoint, whose body is [`seed_pi_body`].
+    Request {
+        req: crate::protocol::Request,
+        seed_pi: bool,
+    },
+    /// Refused by the line protocol's rules (`json` is true): status from
+    /// [`status_for`], body from [`error_body`]; see [`write_rejection`].
+    Reject(crate::protocol::Rejection),
+    Statistics,
+    Healthz,
+    Metrics,
+    /// 404 `not-found`, 405 `method` (with `allow`); see [`write_error`].
+    Error(HttpError),
+}

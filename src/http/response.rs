@@ -1,0 +1,291 @@
+//! Responses: status lines, headers and the JSON bodies of SPEC section 2.
+
+use std::io::Write;
+use std::time::Duration;
+
+use super::HttpError;
+use crate::numbers::Num;
+use crate::protocol::{Code, Id, Rejection};
+
+pub const JSON_CONTENT_TYPE: &str = "application/json";
+/// The Prometheus text exposition format 0.0.4.
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The interim response to `Expect: 100-continue` (see
+/// [`super::expect_continue`]).
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// SPEC 2 statuses of the line protocol's codes.
+pub fn status_for(code: Code) -> u16 {
+    match code {
+        Code::Parse | Code::Empty | Code::Range => 400,
+        Code::TooLong | Code::TooMany => 413,
+        Code::UnknownOp => 404,
+        Code::Denied => 403,
+        Code::Busy => 429,
+        Code::ShuttingDown => 503,
+        Code::Internal => 500,
+        // Never over HTTP (no op is refused for being stream-only there);
+        // if it ever happened it would be the request's fault.
+        Code::TcpOnly => 400,
+    }
+}
+
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        204 => "No Content",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// Appends a whole response: status line, `Content-Type`,
+/// `Content-Length`, `Connection: close` when `close` and otherwise
+/// `Connection: keep-alive` (implicit for HTTP/1.1, needed by HTTP/1.0
+/// clients that asked for it), `extra_headers` (e.g. `("Allow", "GET")`,
+/// `("Retry-After", "1")`), then the body.
+pub fn write_response(
+    out: &mut Vec<u8>,
+    status: u16,
+    content_type: &str,
+    extra_headers: &[(&str, &str)],
+    body: &[u8],
+    close: bool,
+) {
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: {}\r\n",
+        reason_phrase(status),
+        body.len(),
+        if close { "close" } else { "keep-alive" }
+    );
+    for (name, value) in extra_headers {
+        debug_assert!(!name.contains(['\r', '\n']) && !value.contains(['\r', '\n']));
+        let _ = write!(out, "{name}: {value}\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
+
+/// An [`HttpError`] as a response: its status, JSON error body, `Allow`
+/// on a 405, `Connection: close` when it closes.
+pub fn write_error(out: &mut Vec<u8>, e: &HttpError, extra_headers: &[(&str, &str)]) {
+    let body = error_body(e.code, &e.message, None);
+    match e.allow {
+        Some(allow) => {
+            let mut headers = vec![("Allow", allow)];
+            headers.extend_from_slice(extra_headers);
+            write_response(out, e.status, JSON_CONTENT_TYPE, &headers, &body, e.close);
+        }
+        None => write_response(out, e.status, JSON_CONTENT_TYPE, extra_headers, &body, e.close),
+    }
+}
+
+/// A line-protocol error as a response: [`status_for`] its code, the JSON
+/// error body (with the id when known), `Retry-After: 1` on `busy`.
+pub fn write_rejection(out: &mut Vec<u8>, rej: &Rejection, close: bool, extra_headers: &[(&str, &str)]) {
+    let body = error_body(rej.code.as_str(), &rej.message, rej.id.as_ref());
+    let status = status_for(rej.code);
+    if rej.code == Code::Busy {
+        let mut headers = vec![("Retry-After", "1")];
+        headers.extend_from_slice(extra_headers);
+        write_response(out, status, JSON_CONTENT_TYPE, &headers, &body, close);
+    } else {
+        write_response(out, status, JSON_CONTENT_TYPE, extra_headers, &body, close);
+    }
+}
+
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing a &str to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// `{"id"?, "ok": false, "error": code, "message": ...}` and a newline,
+/// the same bytes as the line protocol's JSON error reply.
+pub fn error_body(code: &str, message: &str, id: Option<&Id>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(48 + message.len());
+    out.push(b'{');
+    match id {
+        Some(Id::Text(s)) => {
+            out.extend_from_slice(b"\"id\":");
+            json_str(&mut out, s);
+            out.push(b',');
+        }
+        Some(Id::Int(n)) => {
+            let _ = write!(out, "\"id\":{n},");
+        }
+        None => {}
+    }
+    out.extend_from_slice(b"\"ok\":false,\"error\":");
+    json_str(&mut out, code);
+    out.extend_from_slice(b",\"message\":");
+    json_str(&mut out, message);
+    out.extend_from_slice(b"}\n");
+    out
+}
+
+/// The seed's `/pi` body: `{"pi","simulations","concurrency","elapsed_s"}`,
+/// numbers in ECMAScript form, and a newline.
+pub fn seed_pi_body(pi: f64, simulations: u64, concurrency: u32, elapsed: Duration) -> Vec<u8> {
+    let mut out = Vec::with_capacity(96);
+    out.extend_from_slice(b"{\"pi\":");
+    Num::Float(pi).write_to(&mut out);
+    let _ = write!(
+        out,
+        ",\"simulations\":{simulations},\"concurrency\":{concurrency},\"elapsed_s\":"
+    );
+    Num::Float(elapsed.as_secs_f64()).write_to(&mut out);
+    out.extend_from_slice(b"}\n");
+    out
+}
+
+/// `/statistics`: the `users` op's array,
+/// `[{"request_count":3,"username":"alice"},…]`, and a newline.
+pub fn statistics_body(users: &[(String, u64)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + users.len() * 48);
+    out.push(b'[');
+    for (i, (name, count)) in users.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let _ = write!(out, "{{\"request_count\":{count},\"username\":");
+        json_str(&mut out, name);
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]\n");
+    out
+}
+
+/// `/healthz`: (status, body): 200 `{"status":"ok"}`, or 503
+/// `{"status":"draining"}` while draining.
+pub fn healthz_body(draining: bool) -> (u16, &'static [u8]) {
+    if draining {
+        (503, b"{\"status\":\"draining\"}\n")
+    } else {
+        (200, b"{\"status\":\"ok\"}\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(v: &[u8]) -> &str {
+        std::str::from_utf8(v).unwrap()
+    }
+
+    #[test]
+    fn responses_have_length_and_connection() {
+        let mut out = Vec::new();
+        write_response(&mut out, 200, JSON_CONTENT_TYPE, &[], b"{}\n", false);
+        assert_eq!(
+            text(&out),
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 3\r\n\
+             Connection: keep-alive\r\n\r\n{}\n"
+        );
+        out.clear();
+        write_response(
+            &mut out,
+            429,
+            JSON_CONTENT_TYPE,
+            &[("Retry-After", "1")],
+            b"",
+            true,
+        );
+        assert_eq!(
+            text(&out),
+            "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nContent-Length: 0\r\n\
+             Connection: close\r\nRetry-After: 1\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn errors_and_rejections() {
+        let mut out = Vec::new();
+        let e = HttpError {
+            allow: Some("GET"),
+            ..HttpError::new(405, "method", "GET only".into(), false)
+        };
+        write_error(&mut out, &e, &[]);
+        let s = text(&out);
+        assert!(s.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"), "{s}");
+        assert!(s.contains("\r\nAllow: GET\r\n"));
+        assert!(s.ends_with("\r\n\r\n{\"ok\":false,\"error\":\"method\",\"message\":\"GET only\"}\n"));
+
+        out.clear();
+        let rej = Rejection {
+            id: Some(Id::Int(7)),
+            user: None,
+            op: None,
+            json: true,
+            code: Code::Busy,
+            message: "queue full".into(),
+        };
+        write_rejection(&mut out, &rej, false, &[]);
+        let s = text(&out);
+        assert!(s.starts_with("HTTP/1.1 429 "));
+        assert!(s.contains("\r\nRetry-After: 1\r\n"));
+        assert!(s.ends_with("{\"id\":7,\"ok\":false,\"error\":\"busy\",\"message\":\"queue full\"}\n"));
+    }
+
+    #[test]
+    fn error_bodies_match_the_line_protocol() {
+        for id in [None, Some(Id::Int(-3)), Some(Id::Text("a:b".into()))] {
+            let mut line = Vec::new();
+            crate::protocol::reply::write_err(&mut line, id.as_ref(), true, Code::Range, "x \"y\"");
+            assert_eq!(error_body("range", "x \"y\"", id.as_ref()), line);
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&error_body("not-found", "no \u{1}", None)).unwrap();
+        assert_eq!(v["ok"], false);
+        assert_eq!(v["error"], "not-found");
+    }
+
+    #[test]
+    fn statuses_follow_the_spec() {
+        let s = |c| status_for(c);
+        assert_eq!([Code::Parse, Code::Empty, Code::Range].map(s), [400, 400, 400]);
+        assert_eq!([Code::TooLong, Code::TooMany].map(s), [413, 413]);
+        assert_eq!(s(Code::UnknownOp), 404);
+        assert_eq!(s(Code::Denied), 403);
+        assert_eq!(s(Code::Busy), 429);
+        assert_eq!(s(Code::ShuttingDown), 503);
+        assert_eq!(s(Code::Internal), 500);
+        for c in Code::ALL {
+            assert_ne!(reason_phrase(s(c)), "Unknown");
+        }
+    }
+
+    #[test]
+    fn bodies() {
+        let b = seed_pi_body(3.25, 1_000_000, 4, Duration::from_millis(1250));
+        assert_eq!(
+            text(&b),
+            "{\"pi\":3.25,\"simulations\":1000000,\"concurrency\":4,\"elapsed_s\":1.25}\n"
+        );
+        let b = statistics_body(&[("1111".into(), 10), ("a\"b".into(), 1)]);
+        assert_eq!(
+            text(&b),
+            "[{\"request_count\":10,\"username\":\"1111\"},{\"request_count\":1,\"username\":\"a\\\"b\"}]\n"
+        );
+        assert_eq!(text(&statistics_body(&[])), "[]\n");
+        assert_eq!(healthz_body(false).0, 200);
+        assert_eq!(
+            healthz_body(true),
+            (503, b"{\"status\":\"draining\"}\n".as_slice())
+        );
+    }
+}
