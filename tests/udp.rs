@@ -1,0 +1,206 @@
+//! The line protocol over UDP against the real binary: one reply datagram
+//! per line in line order, the 64-line limit, TCP-only operations, the UDP
+//! pi limit, and replies reaching only the socket that asked (SPEC
+//! section 1).
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::ErrorKind;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use common::Daemon;
+
+fn socket(timeout: Duration) -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("udp client");
+    s.set_read_timeout(Some(timeout)).expect("timeout");
+    s
+}
+
+/// The next datagram, or None when nothing came within the read timeout.
+fn recv(s: &UdpSocket) -> Option<(String, SocketAddr)> {
+    let mut buf = vec![0; 65536];
+    match s.recv_from(&mut buf) {
+        Ok((n, from)) => Some((String::from_utf8_lossy(&buf[..n]).into_owned(), from)),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
+        Err(e) => panic!("udp receive: {e}"),
+    }
+}
+
+/// The next reply, checked to be exactly one `\n`-terminated line from the
+/// daemon's address.
+fn reply(s: &UdpSocket, daemon: SocketAddr) -> String {
+    let (text, from) = recv(s).expect("a reply datagram");
+    assert_eq!(from, daemon, "reply from the address the request went to");
+    let line = text
+        .strip_suffix('\n')
+        .unwrap_or_else(|| panic!("unterminated reply {text:?}"));
+    assert!(!line.contains('\n'), "one line per datagram: {text:?}");
+    line.to_string()
+}
+
+#[test]
+fn lines_of_one_datagram_get_one_reply_each_in_order() {
+    let d = Daemon::start("");
+    let s = socket(Duration::from_secs(10));
+    let datagram = "#a max 1 2\n#b min 1 2\n\n   \n#c sum 1 2 3\r\n#d ping\n#e nosuchop\n\
+                    stats 7 8 54 89\n#g pi 1000 1\n{\"id\": \"h\", \"op\": \"mean\", \"values\": [1, 2]}\n#i max 4 9";
+    s.send_to(datagram.as_bytes(), d.udp).expect("send");
+    let got: Vec<String> = (0..9).map(|_| reply(&s, d.udp)).collect();
+    assert_eq!(got[..4], ["#a OK 2", "#b OK 1", "#c OK 6", "#d OK pong"]);
+    assert!(got[4].starts_with("#e ERR unknown-op "), "{:?}", got[4]);
+    assert_eq!(got[5], "OK count=4 min=7 max=89 mean=39.5 median=31");
+    assert!(
+        got[6].starts_with("#g OK ") && got[6].ends_with(" samples=1000 chunks=1"),
+        "{:?}",
+        got[6]
+    );
+    let v: serde_json::Value = serde_json::from_str(&got[7]).expect("a JSON reply");
+    assert_eq!(v, serde_json::json!({"id": "h", "ok": true, "result": 1.5}));
+    assert_eq!(got[8], "#i OK 9");
+    // Nothing more for that datagram: the next reply is the next request's.
+    s.send_to(b"#end ping\n", d.udp).expect("send");
+    assert_eq!(reply(&s, d.udp), "#end OK pong");
+}
+
+#[test]
+fn a_datagram_with_only_blank_lines_gets_no_reply() {
+    let d = Daemon::start("");
+    let s = socket(Duration::from_secs(10));
+    s.send_to(b"\n  \n\t\n", d.udp).expect("send");
+    s.send_to(b"#after ping", d.udp).expect("send");
+    assert_eq!(reply(&s, d.udp), "#after OK pong");
+}
+
+#[test]
+fn more_than_64_lines_get_exactly_64_replies() {
+    let d = Daemon::start("");
+    let s = socket(Duration::from_secs(10));
+    let mut datagram = String::new();
+    for i in 0..70 {
+        datagram.push_str(&format!("#l{i} max {i} -1\n"));
+        if i % 10 == 0 {
+            // Blank lines do not count towards the 64.
+            datagram.push_str("  \n\n");
+        }
+    }
+    s.send_to(datagram.as_bytes(), d.udp).expect("send");
+    let got: Vec<String> = (0..64).map(|_| reply(&s, d.udp)).collect();
+    let expected: Vec<String> = (0..64).map(|i| format!("#l{i} OK {i}")).collect();
+    assert_eq!(got, expected);
+    // Then only the marker's reply: lines 65 to 70 were dropped.
+    s.send_to(b"#end ping\n", d.udp).expect("send");
+    let mut extra = Vec::new();
+    loop {
+        let r = reply(&s, d.udp);
+        if r == "#end OK pong" {
+            break;
+        }
+        extra.push(r);
+        assert!(extra.len() < 10, "{extra:?}");
+    }
+    assert!(extra.is_empty(), "replies beyond the 64th line: {extra:?}");
+}
+
+#[test]
+fn stream_only_operations_are_tcp_only() {
+    let d = Daemon::start("");
+    for op in ["users", "info", "help", "quit", "USERS"] {
+        let got = d.udp(op);
+        assert!(got.starts_with("ERR tcp-only "), "{op}: {got:?}");
+        let got = d.udp(&format!("#x {op}"));
+        assert!(got.starts_with("#x ERR tcp-only "), "{op}: {got:?}");
+    }
+    let got = d.udp(r#"{"id": 4, "op": "users"}"#);
+    let v: serde_json::Value = serde_json::from_str(&got).expect("a JSON reply");
+    assert_eq!(
+        (&v["id"], &v["ok"], &v["error"]),
+        (&4.into(), &false.into(), &"tcp-only".into())
+    );
+    // The same over TCP work.
+    let replies = d.session(&["help", "info"]);
+    assert!(replies.iter().all(|r| r.starts_with("OK ")), "{replies:?}");
+}
+
+#[test]
+fn pi_over_udp_is_limited_by_udp_max_samples() {
+    let d = Daemon::start("[ops.pi]\nudp_max_samples = 1000\n");
+    let got = d.udp("#p pi 1001");
+    assert!(got.starts_with("#p ERR range "), "{got:?}");
+    assert!(d.udp("pi 5000 2").starts_with("ERR range "));
+    let got = d.udp("pi 1000");
+    assert!(
+        got.starts_with("OK ") && got.contains(" samples=1000 "),
+        "{got:?}"
+    );
+    let replies = d.session(&["#p pi 1001", "pi 5000 2"]);
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    assert!(
+        replies[0].starts_with("#p OK ") && replies[0].contains(" samples=1001 "),
+        "{replies:?}"
+    );
+    assert!(replies[1].starts_with("OK ") && replies[1].ends_with(" samples=5000 chunks=2"));
+}
+
+#[test]
+fn concurrent_sockets_get_only_their_own_replies() {
+    const SOCKETS: u64 = 20;
+    const EACH: u64 = 100;
+    const WINDOW: u64 = 10;
+    let d = Daemon::start("");
+    let daemon = d.udp;
+    let threads: Vec<_> = (0..SOCKETS)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let s = socket(Duration::from_secs(2));
+                let mut seen = HashSet::new();
+                let mut misrouted = Vec::new();
+                // In windows, so 20 sockets do not overflow the daemon's
+                // receive buffer all at once; replies are matched by id,
+                // whatever window they arrive in.
+                for window in 0..EACH / WINDOW {
+                    for j in window * WINDOW..(window + 1) * WINDOW {
+                        let v = (t + 1) * 1_000_000 + j;
+                        s.send_to(format!("#s{t}-{j} sum {v} 0\n").as_bytes(), daemon)
+                            .expect("send");
+                    }
+                    let want = ((window + 1) * WINDOW) as usize;
+                    for _ in 0..2 * WINDOW {
+                        if seen.len() >= want {
+                            break;
+                        }
+                        let Some((text, from)) = recv(&s) else { break };
+                        assert_eq!(from, daemon);
+                        let line = text.trim_end_matches('\n');
+                        let ok = line
+                            .strip_prefix(&format!("#s{t}-"))
+                            .and_then(|r| r.split_once(" OK "))
+                            .and_then(|(j, v)| Some((j.parse::<u64>().ok()?, v.parse::<u64>().ok()?)))
+                            .filter(|(j, v)| *j < EACH && *v == (t + 1) * 1_000_000 + j);
+                        match ok {
+                            Some((j, _)) => assert!(seen.insert(j), "reply {line:?} twice"),
+                            None => misrouted.push(line.to_string()),
+                        }
+                    }
+                }
+                (seen.len() as u64, misrouted)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for (t, th) in threads.into_iter().enumerate() {
+        let (got, misrouted) = th.join().expect("a client thread failed");
+        assert!(
+            misrouted.is_empty(),
+            "socket {t} got others' or wrong replies: {misrouted:?}"
+        );
+        total += got;
+    }
+    println!("{total} of {} UDP replies arrived", SOCKETS * EACH);
+    assert!(
+        total * 10 >= SOCKETS * EACH * 9,
+        "only {total} of {} replies",
+        SOCKETS * EACH
+    );
+}
