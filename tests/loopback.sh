@@ -68,6 +68,27 @@ check "udp two lines" "#a OK 2
 got=$(printf 'users\n' | nc -u -w1 127.0.0.1 7700)
 check "udp tcp-only" "ERR tcp-only users is served over TCP, TLS and HTTP only" "$got"
 
+got=$(curl -s 'http://127.0.0.1:7780/pi?simulations=1000000&concurrency=2')
+case "$got" in
+    '{"pi":3.1'*',"simulations":1000000,"concurrency":2,"elapsed_s":'*'}') echo "PASS http pi" ;;
+    *) echo "FAIL http pi: $got"; fails=$((fails + 1)) ;;
+esac
+
+got=$(curl -s 'http://127.0.0.1:7780/pi?simulations=1000000&concurrency=2&username=1111' >/dev/null; curl -s http://127.0.0.1:7780/statistics)
+check "http statistics" '[{"request_count":1,"username":"1111"},{"request_count":1,"username":"alice"},{"request_count":11,"username":"anonymous"}]' "$got"
+
+got=$(curl -s 'http://127.0.0.1:7780/v1/stats?values=7,8,54,89&id=q1')
+check "http v1 get" '{"id":"q1","ok":true,"result":{"count":4,"min":7,"max":89,"mean":39.5,"median":31}}' "$got"
+
+got=$(curl -s -X POST -d '{"id": 7, "values": [4, 1, 3, 2]}' http://127.0.0.1:7780/v1/median)
+check "http v1 post" '{"id":7,"ok":true,"result":2.5}' "$got"
+
+got=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:7780/v1/max)
+check "http empty is 400" "400" "$got"
+
+got=$(curl -s http://127.0.0.1:7780/healthz)
+check "http healthz" '{"status":"ok"}' "$got"
+
 if [ "$fails" -ne 0 ]; then
     echo "loopback.sh: $fails failed"; cat "$work/stderr.log"; exit 1
 fi
