@@ -204,3 +204,27 @@ fn concurrent_sockets_get_only_their_own_replies() {
         SOCKETS * EACH
     );
 }
+
+#[test]
+fn a_wildcard_listener_replies_from_the_address_it_was_asked_on() {
+    let d = Daemon::start_with(|port| {
+        format!(
+            "[[listener]]\nproto = \"tcp\"\naddress = \"127.0.0.1:{port}\"\n\n\
+             [[listener]]\nproto = \"udp\"\naddress = \"0.0.0.0:{port}\"\n"
+        )
+    });
+    for dst in ["127.0.0.1", "127.0.0.2", "127.0.0.3"] {
+        let s = UdpSocket::bind("127.0.0.1:0").expect("client socket");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let to: SocketAddr = format!("{dst}:{}", d.port).parse().expect("address");
+        s.send_to(b"max 1 9\n", to).expect("send");
+        let mut buf = [0u8; 256];
+        let (n, from) = s.recv_from(&mut buf).expect("a reply");
+        assert_eq!(&buf[..n], b"OK 9\n");
+        assert_eq!(
+            from, to,
+            "the reply comes from the address the request was sent to"
+        );
+    }
+}

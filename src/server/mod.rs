@@ -20,6 +20,7 @@ mod stream;
 mod task;
 mod tasks;
 mod udp;
+mod udp_io;
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -285,6 +286,7 @@ impl Server {
                     None => listener::bind_udp(&l),
                 }
                 .map_err(fail)?;
+                udp_io::enable_pktinfo(&s, l.address).map_err(fail)?;
                 self.poll
                     .registry()
                     .register(&mut s, token, Interest::READABLE | Interest::WRITABLE)

@@ -5,11 +5,12 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use super::record::Answered;
 use super::task::Origin;
+use super::udp_io;
 use super::{Server, Sock, canonical};
 use crate::config::Proto;
 use crate::ops::{Exec, OPS};
@@ -28,7 +29,7 @@ const MAX_QUEUED_REPLIES: usize = 4096;
 pub struct UdpBatch {
     pub id: u64,
     listener: usize,
-    peer: SocketAddr,
+    dest: Dest,
     replies: Vec<Option<Vec<u8>>>,
     /// Replies before this index are sent.
     sent: usize,
@@ -37,7 +38,15 @@ pub struct UdpBatch {
 /// Replies waiting for the socket to become writable again.
 #[derive(Default)]
 pub struct UdpOut {
-    queue: VecDeque<(SocketAddr, Vec<u8>)>,
+    queue: VecDeque<(Dest, Vec<u8>)>,
+}
+
+/// Where a reply datagram goes, and from which local address.
+#[derive(Debug, Clone, Copy)]
+pub struct Dest {
+    peer: SocketAddr,
+    /// The address the request was sent to, on a wildcard listener.
+    local: Option<IpAddr>,
 }
 
 impl Server {
@@ -47,8 +56,8 @@ impl Server {
             let Some(Sock::Udp(sock, _)) = self.listeners.get(index).map(|l| &l.sock) else {
                 break;
             };
-            let (n, peer) = match sock.recv_from(&mut scratch) {
-                Ok(r) => r,
+            let d = match udp_io::recv(sock, &mut scratch) {
+                Ok(d) => d,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.scratch = scratch;
                     return;
@@ -59,16 +68,41 @@ impl Server {
                     continue;
                 }
             };
-            if !self.listeners[index].settings.admits(canonical(peer.ip())) {
+            if !self.listeners[index].settings.admits(canonical(d.peer.ip())) {
                 continue;
             }
-            self.datagram(index, peer, &scratch[..n], now);
+            let dest = Dest {
+                peer: d.peer,
+                local: d.local,
+            };
+            if d.truncated {
+                self.truncated_datagram(index, dest);
+                continue;
+            }
+            self.datagram(index, dest, &scratch[..d.len], now);
         }
         self.scratch = scratch;
         self.again.push(mio::Token(super::LISTENER_BASE + index));
     }
 
-    fn datagram(&mut self, index: usize, peer: SocketAddr, data: &[u8], now: Instant) {
+    /// A datagram longer than the receive buffer: one `too-long`.
+    fn truncated_datagram(&mut self, index: usize, dest: Dest) {
+        let rej = Rejection {
+            id: None,
+            user: None,
+            op: None,
+            json: false,
+            code: Code::TooLong,
+            message: "datagram longer than the receive buffer".into(),
+        };
+        self.record(Answered::rejected(Proto::Udp, dest.peer, &rej));
+        let mut reply = Vec::new();
+        write_err(&mut reply, None, false, Code::TooLong, &rej.message);
+        self.udp_send(index, dest, reply);
+    }
+
+    fn datagram(&mut self, index: usize, dest: Dest, data: &[u8], now: Instant) {
+        let peer = dest.peer;
         let max = self.cfg.limits.max_line_bytes;
         let mut lines: Vec<&[u8]> = data
             .split(|&b| b == b'\n')
@@ -89,7 +123,7 @@ impl Server {
         batch_entry.insert(UdpBatch {
             id: batch_id,
             listener: index,
-            peer,
+            dest,
             replies: vec![None; lines.len()],
             sent: 0,
         });
@@ -154,7 +188,7 @@ impl Server {
         if let Some(slot) = b.replies.get_mut(line) {
             *slot = Some(reply);
         }
-        let (index, peer) = (b.listener, b.peer);
+        let (index, dest) = (b.listener, b.dest);
         let mut ready = Vec::new();
         while let Some(Some(_)) = b.replies.get(b.sent) {
             if let Some(r) = b.replies[b.sent].take() {
@@ -166,20 +200,20 @@ impl Server {
             self.batches.remove(key);
         }
         for r in ready {
-            self.udp_send(index, peer, r);
+            self.udp_send(index, dest, r);
         }
     }
 
-    fn udp_send(&mut self, index: usize, peer: SocketAddr, reply: Vec<u8>) {
+    fn udp_send(&mut self, index: usize, dest: Dest, reply: Vec<u8>) {
         let Some(Sock::Udp(sock, out)) = self.listeners.get_mut(index).map(|l| &mut l.sock) else {
             return;
         };
         if out.queue.is_empty() {
-            match sock.send_to(&reply, peer) {
+            match udp_io::send(sock, &reply, dest.peer, dest.local) {
                 Ok(_) => return,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => {
-                    log::debug!("udp send to {peer}: {e}");
+                    log::debug!("udp send to {}: {e}", dest.peer);
                     return;
                 }
             }
@@ -188,15 +222,15 @@ impl Server {
             self.counters.udp_replies_dropped += 1;
             return;
         }
-        out.queue.push_back((peer, reply));
+        out.queue.push_back((dest, reply));
     }
 
     pub(super) fn udp_flush_out(&mut self, index: usize) {
         let Some(Sock::Udp(sock, out)) = self.listeners.get_mut(index).map(|l| &mut l.sock) else {
             return;
         };
-        while let Some((peer, reply)) = out.queue.front() {
-            match sock.send_to(reply, *peer) {
+        while let Some((dest, reply)) = out.queue.front() {
+            match udp_io::send(sock, reply, dest.peer, dest.local) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Ok(_) | Err(_) => {
                     out.queue.pop_front();
