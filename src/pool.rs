@@ -60,25 +60,37 @@ pub struct Pool {
     waker: Arc<mio::Waker>,
 }
 
+/// Parses a list request's values and runs its operation: the whole
+/// work of a list task, on a worker or (for tiny tasks) on the loop.
+pub fn compute_list(exec: ListFn, raw: &RawValues) -> Result<Output, (Code, String)> {
+    let parsed = match raw {
+        RawValues::Text(bytes) => parse_text_list(bytes),
+        RawValues::Json(vals) => parse_json_values(vals),
+    };
+    match parsed {
+        Err(e) => {
+            let code = match e.kind {
+                ValueErrorKind::Parse => Code::Parse,
+                ValueErrorKind::Range => Code::Range,
+            };
+            Err((code, e.message))
+        }
+        Ok(values) => exec(&values).map_err(|m| (Code::Range, m)),
+    }
+}
+
+/// [`compute_list`], with a panic (a bug) turned into `internal`: it must
+/// cost that one request, never the thread that ran it.
+pub fn compute_list_guarded(exec: ListFn, raw: &RawValues) -> Result<Output, (Code, String)> {
+    catch_unwind(AssertUnwindSafe(|| compute_list(exec, raw))).unwrap_or_else(|_| {
+        log::error!("an operation panicked");
+        Err((Code::Internal, "internal error, logged".to_string()))
+    })
+}
+
 fn run_job(job: Job) -> (usize, JobResult) {
     match job {
-        Job::List { task, exec, raw } => {
-            let parsed = match raw {
-                RawValues::Text(bytes) => parse_text_list(&bytes),
-                RawValues::Json(vals) => parse_json_values(&vals),
-            };
-            let result = match parsed {
-                Err(e) => {
-                    let code = match e.kind {
-                        ValueErrorKind::Parse => Code::Parse,
-                        ValueErrorKind::Range => Code::Range,
-                    };
-                    Err((code, e.message))
-                }
-                Ok(values) => exec(&values).map_err(|m| (Code::Range, m)),
-            };
-            (task, JobResult::List(result))
-        }
+        Job::List { task, exec, raw } => (task, JobResult::List(compute_list(exec, &raw))),
         Job::PiChunk { task, samples, seed } => (task, JobResult::PiChunk(Ok(count_hits(samples, seed)))),
     }
 }

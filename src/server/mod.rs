@@ -490,9 +490,18 @@ impl Server {
             ("failed".to_string(), InfoValue::Int(self.counters.failed)),
             ("config_loaded_at".to_string(), InfoValue::Text(loaded)),
             ("last_reload_ok".to_string(), InfoValue::Bool(self.last_reload_ok)),
-            ("results_log_write_errors".to_string(), InfoValue::Int(self.files.write_errors())),
-            ("udp_lines_dropped".to_string(), InfoValue::Int(self.counters.udp_lines_dropped)),
-            ("udp_replies_dropped".to_string(), InfoValue::Int(self.counters.udp_replies_dropped)),
+            (
+                "results_log_write_errors".to_string(),
+                InfoValue::Int(self.files.write_errors()),
+            ),
+            (
+                "udp_lines_dropped".to_string(),
+                InfoValue::Int(self.counters.udp_lines_dropped),
+            ),
+            (
+                "udp_replies_dropped".to_string(),
+                InfoValue::Int(self.counters.udp_replies_dropped),
+            ),
         ];
         for code in Code::ALL {
             v.push((

@@ -11,9 +11,14 @@ use super::record::Answered;
 use super::task::{Origin, PiWork, Task, Work};
 use crate::config::Proto;
 use crate::ops::{self, Exec, OPS, Output};
-use crate::pool::{Job, JobResult};
+use crate::pool::{self, Job, JobResult};
 use crate::protocol::reply::{write_err, write_ok};
 use crate::protocol::{Args, Code, Request};
+
+/// Largest cost (values) computed inline on the loop: parsing and reducing
+/// this many numbers takes about as long as handing a job to a worker
+/// thread and getting the result back.
+const INLINE_MAX_COST: u64 = 64;
 
 impl Server {
     pub(super) fn enqueue(
@@ -67,6 +72,15 @@ impl Server {
             arrived: now,
             started: None,
         };
+        if let Some(exec) = self.inline_candidate(&task, cost)
+            && let Work::List { raw: Some(raw) } = &task.work
+        {
+            let result = pool::compute_list_guarded(exec, raw);
+            let mut task = task;
+            task.started = Some(now);
+            self.finish(task, result, Instant::now());
+            return;
+        }
         let tk = self.tasks.insert(task);
         if let Err(tk) = self.sched.push(tk, cost, now) {
             let task = self.tasks.remove(tk);
@@ -76,6 +90,18 @@ impl Server {
                 now,
             );
         }
+    }
+
+    /// A task computed on the loop itself rather than handed to a worker:
+    /// a list task smaller than the cost of a thread hand-off, and only
+    /// while nothing waits in either queue, so it never overtakes a queued
+    /// task (SPEC section 3).
+    fn inline_candidate(&self, task: &Task, cost: u64) -> Option<pool::ListFn> {
+        let Exec::List(exec) = OPS[task.op].exec else {
+            return None;
+        };
+        let idle_queues = self.sched.incoming_len() == 0 && self.sched.ready_len() == 0;
+        (cost <= INLINE_MAX_COST && idle_queues && self.chunking.is_empty()).then_some(exec)
     }
 
     /// The short-term scheduler: ready tasks (and the chunks of pi tasks)
