@@ -100,16 +100,7 @@ fn millis(d: Duration) -> f64 {
 impl Server {
     /// Counts an answered request and logs it.
     pub(super) fn record(&mut self, a: Answered) {
-        let code = a.outcome.as_ref().err().map(|e| e.0);
-        self.account(a.user, code);
-        let duration = (a.op.is_some() && !(a.queue + a.run).is_zero()).then_some(a.queue + a.run);
-        self.metrics.record(
-            a.proto.as_str(),
-            a.op,
-            code,
-            duration,
-            Some(a.user.unwrap_or(crate::users::ANONYMOUS)),
-        );
+        self.account(a.user, a.outcome.as_ref().err().map(|e| e.0));
         if let Err((code, message)) = a.outcome
             && code != Code::ShuttingDown
         {
@@ -137,8 +128,14 @@ impl Server {
         }
     }
 
-    /// Writes the results log line of an answered request.
+    /// The metrics and the results log line of an answered request (its
+    /// counting is `account`'s, done before the loop answers its own ops).
     pub(super) fn log_answer(&mut self, a: &Answered) {
+        let code = a.outcome.as_ref().err().map(|e| e.0);
+        let duration = (a.op.is_some() && !(a.queue + a.run).is_zero()).then_some(a.queue + a.run);
+        let user = a.user.unwrap_or(crate::users::ANONYMOUS);
+        self.metrics
+            .record(a.proto.as_str(), a.op, code, duration, Some(user));
         if self.cfg.results_log.path.is_some() {
             write_log_line(self.files.buffer(), a);
         }

@@ -215,7 +215,11 @@ impl Server {
         buf.drain(..pos);
         if let Some(c) = self.conns.get_mut(key) {
             c.rbuf = buf;
-            if c.eof && c.state == State::Open && c.rbuf.is_empty() {
+            // At EOF, whatever is left unframed while the connection may
+            // still read is an HTTP request cut short: it gets no answer.
+            let cut_short = open && settings.proto() == Proto::Http;
+            if c.eof && c.state == State::Open && (c.rbuf.is_empty() || cut_short) {
+                c.rbuf.clear();
                 c.state = State::Finishing;
             }
         }
