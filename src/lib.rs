@@ -16,4 +16,5 @@ pub mod sched;
 pub mod server;
 pub mod signals;
 pub mod systemd;
+pub mod tls;
 pub mod users;

@@ -49,6 +49,14 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Certificates are part of the configuration: one that does not load
+    // is a configuration error, also for --check-config.
+    for l in cfg.listeners.iter().filter(|l| l.proto.is_tls()) {
+        if let Err(e) = taskd::tls::server_config(l) {
+            eprintln!("taskd: configuration error:\n{} ({}): {e}", l.address, l.origin);
+            return ExitCode::from(1);
+        }
+    }
     if cli.check_config {
         if !cli.quiet {
             print!("{}", config::render(&cfg));

@@ -40,7 +40,7 @@ impl RateLimited {
                 self.suppressed
             );
         } else {
-            log::log!(self.level, "{}", msg());
+            log::log!(target: "taskd", self.level, "{}", msg());
         }
         self.last = Some(now);
         self.suppressed = 0;

@@ -68,6 +68,13 @@ pub struct Conn {
     pub memory_paused: bool,
     /// HTTP: "100 Continue" already sent for the request being read.
     pub continue_sent: bool,
+    /// `tls` and `https` listeners: the TLS session.
+    pub tls: Option<Box<rustls::ServerConnection>>,
+    /// Mutual TLS: the user the client certificate names, once the
+    /// handshake is done.
+    pub cert_user: Option<String>,
+    cert_checked: bool,
+    pub accepted: Instant,
     /// Last moment the connection made progress (a complete request read,
     /// or output written).
     pub last_active: Instant,
@@ -97,12 +104,24 @@ impl Conn {
             inflight: 0,
             memory_paused: false,
             continue_sent: false,
+            tls: None,
+            cert_user: None,
+            cert_checked: false,
+            accepted: now,
             last_active: now,
         }
     }
 
+    /// Output not yet handed to the kernel (TLS records still held by
+    /// rustls count as one byte: enough to say "not all sent").
     pub fn pending_output(&self) -> usize {
-        self.wbuf.len() - self.wpos
+        let tls_pending = self.tls.as_ref().is_some_and(|t| t.wants_write());
+        self.wbuf.len() - self.wpos + usize::from(tls_pending)
+    }
+
+    /// A TLS connection still in its handshake.
+    pub fn handshaking(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.is_handshaking())
     }
 
     /// Bytes this connection holds in buffers.
@@ -153,6 +172,9 @@ impl Conn {
 
     /// Writes pending output until done or the socket is full.
     pub fn flush(&mut self, now: Instant) -> io::Result<()> {
+        if self.tls.is_some() {
+            return self.flush_tls(now);
+        }
         while self.wpos < self.wbuf.len() {
             match self.stream.write(&self.wbuf[self.wpos..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -165,16 +187,54 @@ impl Conn {
                 Err(e) => return Err(e),
             }
         }
+        self.output_sent();
+        Ok(())
+    }
+
+    fn output_sent(&mut self) {
         self.wbuf.clear();
         self.wpos = 0;
         if self.wbuf.capacity() > KEEP_CAPACITY {
             self.wbuf = Vec::new();
         }
+    }
+
+    /// TLS: plaintext into rustls (bounded by its buffer limit), records
+    /// out to the socket, until both are done or the socket is full.
+    fn flush_tls(&mut self, now: Instant) -> io::Result<()> {
+        let Some(tls) = self.tls.as_mut() else {
+            return Ok(());
+        };
+        loop {
+            while self.wpos < self.wbuf.len() {
+                match tls.writer().write(&self.wbuf[self.wpos..])? {
+                    0 => break,
+                    n => self.wpos += n,
+                }
+            }
+            if !tls.wants_write() {
+                break;
+            }
+            match tls.write_tls(&mut self.stream) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => self.last_active = now,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.wpos == self.wbuf.len() {
+            self.output_sent();
+        }
         Ok(())
     }
 
-    /// Reads into `buf`, retrying on EINTR.
+    /// Reads plaintext into `buf` (through TLS when the connection has
+    /// it), retrying on EINTR. Ok(0) is the peer's EOF.
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.tls.is_some() {
+            return self.read_tls(buf);
+        }
         loop {
             match self.stream.read(buf) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -183,9 +243,50 @@ impl Conn {
         }
     }
 
+    fn read_tls(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(tls) = self.tls.as_mut() else {
+            return Ok(0);
+        };
+        loop {
+            match tls.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                // The peer closed without close_notify: still its EOF.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            match tls.read_tls(&mut self.stream) {
+                Ok(0) => return Ok(0),
+                Ok(_) => {
+                    if let Err(e) = tls.process_new_packets() {
+                        // Let the peer see the alert saying why.
+                        let _ = tls.write_tls(&mut self.stream);
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            TlsFailure(e.to_string()),
+                        ));
+                    }
+                    if !self.cert_checked && !tls.is_handshaking() {
+                        self.cert_checked = true;
+                        self.cert_user = tls
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .and_then(crate::tls::certificate_user);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Starts the lingering close: the write side is shut down, the read
     /// side drained until EOF or the deadline.
     pub fn linger(&mut self, now: Instant) {
+        if let Some(tls) = self.tls.as_mut() {
+            tls.send_close_notify();
+            let _ = tls.write_tls(&mut self.stream);
+        }
         let _ = self.stream.shutdown(Shutdown::Write);
         self.rbuf = Vec::new();
         self.state = State::Lingering { until: now + LINGER };
@@ -194,7 +295,9 @@ impl Conn {
     /// Discards input of a lingering connection; Close at EOF or error.
     pub fn drain_input(&mut self, scratch: &mut [u8]) -> Step {
         loop {
-            match self.read(scratch) {
+            // Raw bytes: whatever a lingering client still sends is dropped
+            // unread, TLS or not.
+            match self.stream.read(scratch) {
                 Ok(0) => return Step::Close,
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Continue,
@@ -211,3 +314,16 @@ impl Conn {
         }
     }
 }
+
+/// A TLS failure (handshake or record), told apart from socket errors so it
+/// can be counted and logged as such.
+#[derive(Debug)]
+pub struct TlsFailure(pub String);
+
+impl std::fmt::Display for TlsFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TlsFailure {}

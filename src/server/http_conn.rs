@@ -102,7 +102,16 @@ impl Server {
     fn handle_http(&mut self, key: usize, settings: &ListenerSettings, req: HttpRequest, now: Instant) {
         let mut close = !req.keep_alive;
         let proto = settings.proto();
-        let action = http::route(&req, &self.parse_ctx(settings));
+        let mut action = http::route(&req, &self.parse_ctx(settings));
+        // Mutual TLS: a request without `username` counts for the user
+        // the client certificate names.
+        if let Some(user) = self.conns.get(key).and_then(|c| c.cert_user.clone()) {
+            match &mut action {
+                Action::Request { req, .. } if req.user.is_none() => req.user = Some(user),
+                Action::Reject(rej) if rej.user.is_none() => rej.user = Some(user),
+                _ => {}
+            }
+        }
         let refusing = self.refusing(now);
         let Some(peer) = self.conns.get(key).map(|c| c.peer) else {
             return;

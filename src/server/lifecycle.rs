@@ -186,11 +186,16 @@ impl Server {
             .collect();
         let wanted: HashSet<_> = new.listeners.iter().map(listener_key).collect();
 
-        // New listeners first: if one cannot be bound, nothing changes.
+        // Every listener's settings (certificates included) first, then the
+        // new listeners: if anything fails, nothing changes.
+        let mut settings = Vec::new();
+        for l in &new.listeners {
+            settings.push((listener_key(l), Rc::new(ListenerSettings::new(&new, l.clone())?)));
+        }
         let mut added = Vec::new();
-        for l in new.listeners.iter().filter(|l| !old.contains(&listener_key(l))) {
-            match self.add_listener(l.clone(), None) {
-                Ok(key) => added.extend(key),
+        for (_, s) in settings.iter().filter(|(k, _)| !old.contains(k)) {
+            match self.add_listener(Rc::clone(s), None) {
+                Ok(key) => added.push(key),
                 Err(e) => {
                     for key in added {
                         self.remove_listener(key);
@@ -218,12 +223,12 @@ impl Server {
         for key in removed {
             self.remove_listener(key);
         }
-        // New clients of the kept listeners get the new allow/ops/limits.
-        let keys: Vec<usize> = self.listeners.iter().map(|(k, _)| k).collect();
-        for key in keys {
-            let key_of = listener_key(&self.listeners[key].settings.cfg);
-            if let Some(l) = self.cfg.listeners.iter().find(|l| listener_key(l) == key_of) {
-                self.listeners[key].settings = Rc::new(ListenerSettings::new(&self.cfg, l.clone()));
+        // New clients of the kept listeners get the new allow/ops/limits
+        // and certificates.
+        for (_, listener) in self.listeners.iter_mut() {
+            let key_of = listener_key(&listener.settings.cfg);
+            if let Some((_, s)) = settings.iter().find(|(k, _)| *k == key_of) {
+                listener.settings = Rc::clone(s);
             }
         }
 

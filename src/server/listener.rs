@@ -6,6 +6,7 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -67,10 +68,13 @@ pub struct ListenerSettings {
     pub allowed: Vec<bool>,
     /// `ops.pi.max_samples`, or `udp_max_samples` for UDP.
     pub max_samples: u64,
+    /// `tls` and `https`: the certificates, read when the settings were made.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl ListenerSettings {
-    pub fn new(cfg: &Config, l: ListenerConfig) -> ListenerSettings {
+    /// Fails when a TLS listener's certificates cannot be loaded.
+    pub fn new(cfg: &Config, l: ListenerConfig) -> Result<ListenerSettings, String> {
         let allowed = (0..OPS.len())
             .map(|id| cfg.op_enabled(id) && l.ops.as_ref().is_none_or(|list| list.contains(&id)))
             .collect();
@@ -80,11 +84,23 @@ impl ListenerSettings {
         } else {
             "max_samples"
         };
-        ListenerSettings {
+        let tls = if l.proto.is_tls() {
+            Some(crate::tls::server_config(&l)?)
+        } else {
+            None
+        };
+        Ok(ListenerSettings {
             allowed,
             max_samples: cfg.op_limit(pi, key),
+            tls,
             cfg: l,
-        }
+        })
+    }
+
+    /// Whether the listener speaks HTTP (plain or inside TLS) rather than
+    /// the line protocol.
+    pub fn is_http(&self) -> bool {
+        matches!(self.cfg.proto, Proto::Http | Proto::Https)
     }
 
     /// Whether `allow` admits a client.

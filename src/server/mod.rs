@@ -112,6 +112,7 @@ struct Counters {
     rejected: [u64; Code::ALL.len()],
     udp_lines_dropped: u64,
     udp_replies_dropped: u64,
+    tls_failures: u64,
 }
 
 pub struct Server {
@@ -140,6 +141,8 @@ pub struct Server {
     metrics: Metrics,
     /// Refused requests, logged at most once a second.
     reject_log: RateLimited,
+    /// Failed TLS handshakes, logged at most once a second.
+    tls_log: RateLimited,
     batches: Slab<UdpBatch>,
     next_batch_id: u64,
     scratch: Vec<u8>,
@@ -234,6 +237,7 @@ impl Server {
             counters: Counters::default(),
             metrics: Metrics::new(cfg.metrics.per_user),
             reject_log: RateLimited::new("refused requests", log::Level::Info, Duration::from_secs(1)),
+            tls_log: RateLimited::new("failed TLS handshakes", log::Level::Info, Duration::from_secs(1)),
             batches: Slab::new(),
             next_batch_id: 1,
             scratch: vec![0; READ_CHUNK],
@@ -257,7 +261,14 @@ impl Server {
         })?;
         for l in server.cfg.listeners.clone() {
             let fd = take_passed(&mut passed, &l);
-            server.add_listener(l, fd).map_err(StartError::other)?;
+            // Certificates that do not load are the configuration's fault.
+            let settings = ListenerSettings::new(&server.cfg, l).map_err(|message| StartError {
+                message,
+                exit_code: 1,
+            })?;
+            server
+                .add_listener(Rc::new(settings), fd)
+                .map_err(StartError::other)?;
         }
         if let Some(p) = passed.first() {
             return Err(StartError {
@@ -274,7 +285,12 @@ impl Server {
 
     /// Binds (or adopts) one listener and registers it with the loop.
     /// Returns its key, or None for a kind this build does not serve.
-    fn add_listener(&mut self, l: ListenerConfig, passed: Option<Passed>) -> Result<Option<usize>, String> {
+    fn add_listener(
+        &mut self,
+        settings: Rc<ListenerSettings>,
+        passed: Option<Passed>,
+    ) -> Result<usize, String> {
+        let l = &settings.cfg;
         let entry = self.listeners.vacant_entry();
         let token = Token(LISTENER_BASE + entry.key());
         let fail = |e: io::Error| format!("cannot listen on {} {}: {e}", l.proto.as_str(), l.address);
@@ -283,7 +299,7 @@ impl Server {
             Proto::Udp => {
                 let mut s = match passed {
                     Some(p) => listener::adopt_udp(p.fd),
-                    None => listener::bind_udp(&l),
+                    None => listener::bind_udp(l),
                 }
                 .map_err(fail)?;
                 udp_io::enable_pktinfo(&s, l.address).map_err(fail)?;
@@ -293,10 +309,10 @@ impl Server {
                     .map_err(fail)?;
                 Sock::Udp(s, UdpOut::default())
             }
-            Proto::Tcp | Proto::Http => {
+            Proto::Tcp | Proto::Http | Proto::Tls | Proto::Https => {
                 let mut s = match passed {
                     Some(p) => listener::adopt_tcp(p.fd),
-                    None => listener::bind_tcp(&l),
+                    None => listener::bind_tcp(l),
                 }
                 .map_err(fail)?;
                 self.poll
@@ -305,16 +321,6 @@ impl Server {
                     .map_err(fail)?;
                 Sock::Tcp(s)
             }
-            other => {
-                log::warn!(
-                    "{} listener {} ({}): this build does not serve {} yet; skipped",
-                    other.as_str(),
-                    l.address,
-                    l.origin,
-                    other.as_str()
-                );
-                return Ok(None);
-            }
         };
         log::info!(
             "listening on {} {}{}",
@@ -322,14 +328,13 @@ impl Server {
             l.address,
             if is_passed { " (socket from systemd)" } else { "" }
         );
-        let settings = Rc::new(ListenerSettings::new(&self.cfg, l));
         let key = entry.key();
         entry.insert(Listener {
             settings,
             sock,
             passed: is_passed,
         });
-        Ok(Some(key))
+        Ok(key)
     }
 
     /// Runs until the drain after SIGTERM/SIGINT is complete.
@@ -501,6 +506,10 @@ impl Server {
             (
                 "udp_replies_dropped".to_string(),
                 InfoValue::Int(self.counters.udp_replies_dropped),
+            ),
+            (
+                "tls_failures".to_string(),
+                InfoValue::Int(self.counters.tls_failures),
             ),
         ];
         for code in Code::ALL {

@@ -6,16 +6,16 @@
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::{Interest, Token};
 
-use super::conn::{self, Conn, MAX_PENDING_OUTPUT, State};
+use super::conn::{self, Conn, MAX_PENDING_OUTPUT, State, TlsFailure};
 use super::listener::ListenerSettings;
 use super::record::Answered;
 use super::task::Origin;
 use super::{CONN_BASE, Server, Sock, canonical};
-use crate::config::Proto;
 use crate::ops::{Exec, LoopOp, OPS};
 use crate::protocol::frame::Frame;
 use crate::protocol::reply::{write_err, write_ok};
@@ -24,6 +24,10 @@ use crate::protocol::{self, Code, Rejection};
 /// Reads per connection per readiness event, so one busy client cannot
 /// starve the others; a connection cut short is read again next turn.
 const READS_PER_EVENT: usize = 16;
+/// A TLS client that has not finished its handshake by then is closed.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Plaintext rustls may hold for one connection.
+const TLS_BUFFER_LIMIT: usize = 1 << 20;
 /// Pause of accept after EMFILE/ENFILE, instead of spinning on it.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -96,7 +100,25 @@ impl Server {
             log::warn!("cannot register a connection from {peer}: {e}");
             return;
         }
+        let tls = match settings
+            .tls
+            .as_ref()
+            .map(|cfg| rustls::ServerConnection::new(Arc::clone(cfg)))
+        {
+            Some(Ok(mut session)) => {
+                // Bounds the plaintext rustls holds for a slow reader, like
+                // the 1 MiB output cap of a plain connection.
+                session.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
+                Some(Box::new(session))
+            }
+            Some(Err(e)) => {
+                log::warn!("cannot start a TLS session for {peer}: {e}");
+                return;
+            }
+            None => None,
+        };
         let mut conn = Conn::new(id, stream, peer, settings, now);
+        conn.tls = tls;
         *self.per_ip.entry(ip).or_insert(0) += 1;
         if let Some(message) = over {
             self.counters.rejected[Code::Busy as usize] += 1;
@@ -165,7 +187,17 @@ impl Server {
                     return;
                 }
                 Err(e) => {
-                    log::debug!("read from {}: {e}", c.peer);
+                    if let Some(failure) = e.get_ref().and_then(|r| r.downcast_ref::<TlsFailure>()) {
+                        self.counters.tls_failures += 1;
+                        let peer = c.peer;
+                        let what = if c.handshaking() { "handshake" } else { "session" };
+                        self.tls_log
+                            .log(|| format!("TLS {what} with {peer} failed: {failure}"));
+                    } else {
+                        log::debug!("read from {}: {e}", c.peer);
+                    }
+                    // Whatever rustls queued (an alert) is its last word.
+                    let _ = c.flush(now);
                     self.close(key);
                     return;
                 }
@@ -203,7 +235,7 @@ impl Server {
                 open = false;
                 break;
             }
-            let more = if settings.proto() == Proto::Http {
+            let more = if settings.is_http() {
                 self.http_step(key, &settings, &buf, &mut pos, now)
             } else {
                 self.line_step(key, &settings, &buf, &mut pos, eof, now)
@@ -217,7 +249,7 @@ impl Server {
             c.rbuf = buf;
             // At EOF, whatever is left unframed while the connection may
             // still read is an HTTP request cut short: it gets no answer.
-            let cut_short = open && settings.proto() == Proto::Http;
+            let cut_short = open && settings.is_http();
             if c.eof && c.state == State::Open && (c.rbuf.is_empty() || cut_short) {
                 c.rbuf.clear();
                 c.state = State::Finishing;
@@ -266,7 +298,10 @@ impl Server {
     }
 
     pub(super) fn handle_line(&mut self, key: usize, settings: &ListenerSettings, line: &[u8], now: Instant) {
-        let parsed = protocol::parse_line(line, &self.parse_ctx(settings));
+        let mut parsed = protocol::parse_line(line, &self.parse_ctx(settings));
+        if let Some(user) = self.conns.get(key).and_then(|c| c.cert_user.as_ref()) {
+            attribute_to(&mut parsed, user);
+        }
         if self.refusing(now) {
             let rej = Rejection::shutting_down(&parsed);
             self.answer_rejection(key, &rej);
@@ -431,6 +466,13 @@ impl Server {
             match c.state {
                 State::Lingering { until } if now >= until => expired.push((key, true)),
                 State::Lingering { .. } => {}
+                _ if c.handshaking() && now.duration_since(c.accepted) >= TLS_HANDSHAKE_TIMEOUT => {
+                    let peer = c.peer;
+                    self.counters.tls_failures += 1;
+                    self.tls_log
+                        .log(|| format!("TLS handshake with {peer} timed out"));
+                    expired.push((key, true));
+                }
                 _ => {
                     let Some(idle) = idle else { continue };
                     if c.inflight == 0 && now.duration_since(c.last_active) >= idle {
@@ -450,5 +492,17 @@ impl Server {
                 self.maybe_finish(key, now);
             }
         }
+    }
+}
+
+/// Mutual TLS: a request without `@user` counts for the user its client
+/// certificate names.
+pub(super) fn attribute_to(parsed: &mut Result<crate::protocol::Request, Rejection>, user: &str) {
+    let slot = match parsed {
+        Ok(r) => &mut r.user,
+        Err(r) => &mut r.user,
+    };
+    if slot.is_none() {
+        *slot = Some(user.to_string());
     }
 }
