@@ -280,13 +280,19 @@ impl Conn {
         }
     }
 
-    /// Starts the lingering close: the write side is shut down, the read
-    /// side drained until EOF or the deadline.
-    pub fn linger(&mut self, now: Instant) {
+    /// TLS: sends close_notify, so the client sees a clean end of the
+    /// session rather than a truncation.
+    pub fn close_notify(&mut self) {
         if let Some(tls) = self.tls.as_mut() {
             tls.send_close_notify();
             let _ = tls.write_tls(&mut self.stream);
         }
+    }
+
+    /// Starts the lingering close: the write side is shut down, the read
+    /// side drained until EOF or the deadline.
+    pub fn linger(&mut self, now: Instant) {
+        self.close_notify();
         let _ = self.stream.shutdown(Shutdown::Write);
         self.rbuf = Vec::new();
         self.state = State::Lingering { until: now + LINGER };

@@ -396,6 +396,9 @@ impl Server {
             return;
         }
         if c.eof {
+            // A TLS session ends with our close_notify too (best effort:
+            // the client has stopped sending, it may still read).
+            c.close_notify();
             self.close(key);
         } else {
             c.linger(now);
