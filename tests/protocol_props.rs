@@ -113,6 +113,12 @@ const VOCABULARY: &[&str] = &[
     "1025",
 ];
 
+/// Cases of the byte-level fuzz properties: 2000 by default, more with
+/// TASKD_FUZZ_CASES (e.g. a long release-mode run before a release).
+fn fuzz_cases() -> u32 {
+    std::env::var("TASKD_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
+}
+
 fn token_soup() -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(
         prop_oneof![
@@ -125,7 +131,7 @@ fn token_soup() -> impl Strategy<Value = Vec<u8>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #![proptest_config(ProptestConfig::with_cases(fuzz_cases()))]
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300), udp in any::<bool>()) {
