@@ -116,7 +116,10 @@ const VOCABULARY: &[&str] = &[
 /// Cases of the byte-level fuzz properties: 2000 by default, more with
 /// TASKD_FUZZ_CASES (e.g. a long release-mode run before a release).
 fn fuzz_cases() -> u32 {
-    std::env::var("TASKD_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
+    std::env::var("TASKD_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000)
 }
 
 fn token_soup() -> impl Strategy<Value = Vec<u8>> {
