@@ -60,12 +60,14 @@ pub struct Conn {
     wpos: usize,
     /// Replies of requests `next_out..`: None while the task runs.
     slots: VecDeque<Option<Vec<u8>>>,
+    /// Bytes of the replies waiting in `slots`.
+    slot_bytes: usize,
+    /// What this connection currently adds to the loop's count of all
+    /// buffered bytes (see `Server::sync_buffered`).
+    pub counted: usize,
     next_out: u64,
     /// Tasks in the scheduler or on a worker.
     pub inflight: usize,
-    /// Not read while all buffers together exceed `max_buffered_bytes`
-    /// and this connection is among the largest holders.
-    pub memory_paused: bool,
     /// HTTP: "100 Continue" already sent for the request being read.
     pub continue_sent: bool,
     /// `tls` and `https` listeners: the TLS session.
@@ -100,9 +102,10 @@ impl Conn {
             wbuf: Vec::new(),
             wpos: 0,
             slots: VecDeque::new(),
+            slot_bytes: 0,
+            counted: 0,
             next_out: 0,
             inflight: 0,
-            memory_paused: false,
             continue_sent: false,
             tls: None,
             cert_user: None,
@@ -126,7 +129,7 @@ impl Conn {
 
     /// Bytes this connection holds in buffers.
     pub fn buffered(&self) -> usize {
-        self.rbuf.len() + self.wbuf.len() + self.slots.iter().flatten().map(Vec::len).sum::<usize>()
+        self.rbuf.len() + self.wbuf.len() - self.wpos + self.slot_bytes
     }
 
     /// Appends a reply that is ready now, behind any still owed.
@@ -136,6 +139,7 @@ impl Conn {
         } else {
             let mut v = Vec::new();
             write(&mut v);
+            self.slot_bytes += v.len();
             self.slots.push_back(Some(v));
         }
     }
@@ -154,11 +158,13 @@ impl Conn {
             return;
         };
         if let Some(slot) = self.slots.get_mut(i as usize) {
+            self.slot_bytes += reply.len();
             *slot = Some(reply);
             self.inflight = self.inflight.saturating_sub(1);
         }
         while let Some(Some(_)) = self.slots.front() {
             if let Some(Some(r)) = self.slots.pop_front() {
+                self.slot_bytes -= r.len();
                 self.wbuf.extend_from_slice(&r);
             }
             self.next_out += 1;

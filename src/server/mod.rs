@@ -143,6 +143,10 @@ pub struct Server {
     reject_log: RateLimited,
     /// Failed TLS handshakes, logged at most once a second.
     tls_log: RateLimited,
+    /// Crossings of max_buffered_bytes, logged at most once a second.
+    buffers_log: RateLimited,
+    /// Bytes held by all connections' buffers (kept by `sync_buffered`).
+    total_buffered: usize,
     batches: Slab<UdpBatch>,
     next_batch_id: u64,
     scratch: Vec<u8>,
@@ -238,6 +242,8 @@ impl Server {
             metrics: Metrics::new(cfg.metrics.per_user),
             reject_log: RateLimited::new("refused requests", log::Level::Info, Duration::from_secs(1)),
             tls_log: RateLimited::new("failed TLS handshakes", log::Level::Info, Duration::from_secs(1)),
+            buffers_log: RateLimited::new("buffer pauses", log::Level::Info, Duration::from_secs(1)),
+            total_buffered: 0,
             batches: Slab::new(),
             next_batch_id: 1,
             scratch: vec![0; READ_CHUNK],
@@ -427,7 +433,6 @@ impl Server {
             }
         }
         self.expire_connections(now);
-        self.limit_buffers();
         self.drain_tick(now);
         if now >= self.next_users_save {
             if self.users.dirty {

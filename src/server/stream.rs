@@ -137,16 +137,24 @@ impl Server {
 
     /// Whether a connection must stop taking requests for now.
     pub(super) fn blocked(&self, c: &Conn) -> bool {
-        c.memory_paused
-            || c.inflight >= self.cfg.limits.max_inflight_per_conn
+        c.inflight >= self.cfg.limits.max_inflight_per_conn
             || self.sched.incoming_is_full()
             || c.pending_output() > MAX_PENDING_OUTPUT
+    }
+
+    /// Whether a connection may not read more because all buffers together
+    /// exceed `max_buffered_bytes`: every connection holding data waits
+    /// (the largest holders longest); one holding nothing may still bring
+    /// in a request, and requests already read are still served.
+    fn over_memory(&self, c: &Conn) -> bool {
+        self.total_buffered > self.cfg.limits.max_buffered_bytes && c.counted > 0
     }
 
     pub(super) fn conn_readable(&mut self, key: usize, now: Instant) {
         let mut scratch = std::mem::take(&mut self.scratch);
         self.read_conn(key, &mut scratch, now);
         self.scratch = scratch;
+        self.sync_buffered(key);
         self.maybe_finish(key, now);
     }
 
@@ -162,10 +170,16 @@ impl Server {
             if !self.feed(key, now) {
                 return;
             }
-            let Some(c) = self.conns.get_mut(key) else { return };
+            self.sync_buffered(key);
+            let Some(c) = self.conns.get(key) else { return };
             if c.state != State::Open || c.eof {
                 return;
             }
+            if self.over_memory(c) {
+                self.paused.push(key);
+                return;
+            }
+            let Some(c) = self.conns.get_mut(key) else { return };
             match c.read(scratch) {
                 Ok(0) => {
                     c.eof = true;
@@ -178,7 +192,10 @@ impl Server {
                     }
                     return;
                 }
-                Ok(n) => c.rbuf.extend_from_slice(&scratch[..n]),
+                Ok(n) => {
+                    c.rbuf.extend_from_slice(&scratch[..n]);
+                    self.sync_buffered(key);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.feed(key, now);
                     if let Some(c) = self.conns.get_mut(key) {
@@ -353,7 +370,7 @@ impl Server {
         paused.dedup();
         for key in paused {
             let blocked = match self.conns.get(key) {
-                Some(c) => self.blocked(c),
+                Some(c) => self.blocked(c) || self.over_memory(c),
                 None => continue,
             };
             if blocked {
@@ -381,6 +398,7 @@ impl Server {
                     continue;
                 }
                 let unblocked = c.pending_output() <= MAX_PENDING_OUTPUT;
+                self.sync_buffered(key);
                 self.maybe_finish(key, now);
                 if unblocked && self.paused.contains(&key) {
                     self.resume_paused(now);
@@ -410,6 +428,7 @@ impl Server {
             return;
         }
         let mut c = self.conns.remove(key);
+        self.total_buffered -= c.counted;
         let _ = self.poll.registry().deregister(&mut c.stream);
         let ip = canonical(c.peer.ip());
         if let Some(n) = self.per_ip.get_mut(&ip) {
@@ -420,44 +439,21 @@ impl Server {
         }
     }
 
-    /// `max_buffered_bytes`: when all connections' buffers together exceed
-    /// it, the largest holders stop being read until the total is back under
-    /// three quarters of the limit. Nothing is dropped; their replies still
-    /// drain.
-    pub(super) fn limit_buffers(&mut self) {
+    /// Keeps the count of all bytes held by connection buffers up to date
+    /// after a change to connection `key`: `max_buffered_bytes` is checked
+    /// against it before every read.
+    pub(super) fn sync_buffered(&mut self, key: usize) {
+        let Some(c) = self.conns.get_mut(key) else { return };
+        let now_held = c.buffered();
+        let before = self.total_buffered;
+        self.total_buffered = self.total_buffered - c.counted + now_held;
+        c.counted = now_held;
         let max = self.cfg.limits.max_buffered_bytes;
-        let mut sizes: Vec<(usize, usize)> = self.conns.iter().map(|(k, c)| (c.buffered(), k)).collect();
-        let total: usize = sizes.iter().map(|s| s.0).sum();
-        if total <= max * 3 / 4 {
-            for (_, key) in sizes {
-                if let Some(c) = self.conns.get_mut(key)
-                    && c.memory_paused
-                {
-                    c.memory_paused = false;
-                    self.paused.push(key);
-                }
-            }
-            return;
-        }
-        if total <= max {
-            return;
-        }
-        sizes.sort_unstable_by(|a, b| b.cmp(a));
-        let mut left = total;
-        for (size, key) in sizes {
-            if left <= max * 3 / 4 {
-                break;
-            }
-            if let Some(c) = self.conns.get_mut(key)
-                && !c.memory_paused
-            {
-                log::info!(
-                    "buffers at {total} bytes, over max_buffered_bytes; pausing {} ({size} bytes)",
-                    c.peer
-                );
-                c.memory_paused = true;
-            }
-            left = left.saturating_sub(size);
+        if before <= max && self.total_buffered > max {
+            let total = self.total_buffered;
+            self.buffers_log.log(|| {
+                format!("buffers hold {total} bytes, over max_buffered_bytes ({max}); connections holding data wait")
+            });
         }
     }
 

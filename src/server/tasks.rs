@@ -246,6 +246,7 @@ impl Server {
                 if let Some(c) = self.conns.get_mut(key).filter(|c| c.id == conn) {
                     c.fill(seq, reply);
                     self.dirty.push(key);
+                    self.sync_buffered(key);
                 }
             }
             Origin::Udp { key, batch, line } => self.udp_fill(key, batch, line, reply),

@@ -502,3 +502,31 @@ impl HttpConn {
         self.stream.set_read_timeout(Some(t)).expect("timeout");
     }
 }
+
+// ---- abuse helpers
+// Figures of the running daemon read from /proc, for the hostile-client and
+// soak tests (tests/abuse.rs, tests/soak.rs).
+
+/// Resident memory of process `pid` in KiB (VmRSS of /proc/<pid>/status).
+pub fn abuse_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// CPU time process `pid` has used so far, user plus system, in seconds
+/// (utime and stime, fields 14 and 15 of /proc/<pid>/stat).
+pub fn abuse_cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/<pid>/stat");
+    // The command name, in parentheses, may hold spaces: count the fields
+    // after its closing parenthesis, which start at field 3.
+    let rest = &stat[stat.rfind(')').expect("comm in /proc/<pid>/stat") + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> u64 { fields[i - 3].parse().expect("a tick count") };
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks(14) + ticks(15)) as f64 / hz.max(1) as f64
+}
