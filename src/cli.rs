@@ -12,7 +12,7 @@ use clap::Parser;
     about = "Computes small numeric tasks (max, min, sum, mean, median, stats, pi) for network clients",
     long_about = None,
     after_help = "Without --config, taskd reads /etc/taskd/taskd.toml if it exists, else runs on its \
-embedded default (TCP and UDP on 127.0.0.1:7700). See taskd(8) and taskd.toml(5)."
+embedded default (TCP and UDP on 127.0.0.1:7700, HTTP on 127.0.0.1:7780). See taskd(8) and taskd.toml(5)."
 )]
 pub struct Cli {
     /// Configuration file (its conf.d/*.toml drop-ins are merged in)
