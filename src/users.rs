@@ -10,6 +10,9 @@ pub const OTHER: &str = "~other";
 #[derive(Debug, Default)]
 pub struct UserCounts {
     counts: HashMap<String, u64>,
+    /// Most requests carry no user: their count is kept apart, so the
+    /// common case costs no hashing.
+    anonymous: u64,
     /// Names kept, not counting `anonymous` and `~other`.
     named: usize,
     max_users: usize,
@@ -31,13 +34,19 @@ impl UserCounts {
 
     /// Counts one request of `user` (None: anonymous).
     pub fn count(&mut self, user: Option<&str>) {
-        let name = user.unwrap_or(ANONYMOUS);
         self.dirty = true;
+        let name = match user {
+            None | Some(ANONYMOUS) => {
+                self.anonymous += 1;
+                return;
+            }
+            Some(name) => name,
+        };
         if let Some(n) = self.counts.get_mut(name) {
             *n += 1;
             return;
         }
-        let reserved = name == ANONYMOUS || name == OTHER;
+        let reserved = name == OTHER;
         let name = if reserved || self.named < self.max_users {
             if !reserved {
                 self.named += 1;
@@ -53,6 +62,10 @@ impl UserCounts {
     /// are folded into `~other`, as they would have been when counted.
     pub fn restore(&mut self, saved: Vec<(String, u64)>) {
         for (name, n) in saved {
+            if name == ANONYMOUS {
+                self.anonymous += n;
+                continue;
+            }
             let reserved = name == ANONYMOUS || name == OTHER;
             let key = if reserved || self.counts.contains_key(&name) || self.named < self.max_users {
                 if !reserved && !self.counts.contains_key(&name) {
@@ -68,16 +81,19 @@ impl UserCounts {
 
     /// How many names are kept.
     pub fn len(&self) -> usize {
-        self.counts.len()
+        self.counts.len() + usize::from(self.anonymous > 0)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.counts.is_empty()
+        self.len() == 0
     }
 
     /// (name, count) sorted by the names' bytes.
     pub fn snapshot(&self) -> Vec<(String, u64)> {
         let mut v: Vec<(String, u64)> = self.counts.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        if self.anonymous > 0 {
+            v.push((ANONYMOUS.to_string(), self.anonymous));
+        }
         v.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
         v
     }

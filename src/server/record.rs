@@ -5,7 +5,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::Server;
 use crate::config::Proto;
@@ -21,8 +21,9 @@ pub struct Answered<'a> {
     pub id: Option<&'a Id>,
     pub op: Option<OpId>,
     pub count: usize,
-    /// The first `values_logged` values, as the client wrote them.
-    pub values: &'a [String],
+    /// The first `values_logged` values, as the client wrote them, already
+    /// written as the JSON strings of the log's `values` array.
+    pub values: &'a [u8],
     pub outcome: Result<&'a Output, (Code, &'a str)>,
     pub queue: Duration,
     pub run: Duration,
@@ -43,7 +44,7 @@ impl<'a> Answered<'a> {
             id: req.id.as_ref(),
             op: Some(req.op),
             count: 0,
-            values: &[],
+            values: b"",
             outcome,
             queue: Duration::ZERO,
             run: Duration::ZERO,
@@ -59,7 +60,7 @@ impl<'a> Answered<'a> {
             id: rej.id.as_ref(),
             op: rej.op,
             count: 0,
-            values: &[],
+            values: b"",
             outcome: Err((rej.code, &rej.message)),
             queue: Duration::ZERO,
             run: Duration::ZERO,
@@ -68,33 +69,81 @@ impl<'a> Answered<'a> {
 }
 
 /// The first `n` values of a request, kept for the results log before the
-/// values go to a worker.
-pub fn first_values(raw: &RawValues, n: usize) -> Vec<String> {
+/// values go to a worker: written once as the JSON strings of the log
+/// line's `values` array (`"1","2"`), one allocation per request.
+pub fn first_values(raw: &RawValues, n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let push = |out: &mut Vec<u8>, v: &str| {
+        if !out.is_empty() {
+            out.push(b',');
+        }
+        json_str(out, v);
+    };
     match raw {
-        RawValues::Text(bytes) => bytes
-            .split(|&b| matches!(b, b' ' | b'\t' | b',' | b'[' | b']'))
-            .filter(|t| !t.is_empty())
-            .take(n)
-            .map(|t| String::from_utf8_lossy(t).into_owned())
-            .collect(),
-        RawValues::Json(vals) => vals
-            .iter()
-            .take(n)
-            .map(|v| match v {
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            })
-            .collect(),
+        RawValues::Text(bytes) => {
+            let tokens = bytes.split(|&b| matches!(b, b' ' | b'\t' | b',' | b'[' | b']'));
+            for t in tokens.filter(|t| !t.is_empty()).take(n) {
+                push(&mut out, &String::from_utf8_lossy(t));
+            }
+        }
+        RawValues::Json(vals) => {
+            for v in vals.iter().take(n) {
+                match v {
+                    serde_json::Value::String(s) => push(&mut out, s),
+                    other => push(&mut out, &other.to_string()),
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A JSON string. Most strings here (names, ids, numbers) need no escape,
+/// and copying those directly is several times cheaper than the general
+/// escaper on the loop's hot path.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
     }
 }
 
-fn json_str(out: &mut Vec<u8>, s: &str) {
-    // Writing to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
+/// A duration in milliseconds with three decimals, from integer
+/// microseconds (no float formatting).
+fn write_millis(out: &mut Vec<u8>, d: Duration) {
+    let us = d.as_micros();
+    let _ = write!(out, "{}.{:03}", us / 1000, us % 1000);
 }
 
-fn millis(d: Duration) -> f64 {
-    (d.as_micros() as f64) / 1000.0
+/// RFC 3339 timestamps with microseconds; the date and time up to the
+/// second are formatted once per second.
+#[derive(Default)]
+pub struct LogClock {
+    secs: u64,
+    prefix: String,
+}
+
+impl LogClock {
+    fn write(&mut self, out: &mut Vec<u8>) {
+        let now = SystemTime::now();
+        let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+        if since.as_secs() != self.secs || self.prefix.is_empty() {
+            self.secs = since.as_secs();
+            let whole = UNIX_EPOCH + Duration::from_secs(self.secs);
+            // "2026-11-30T00:34:16Z" without its "Z".
+            let mut text = humantime::format_rfc3339_seconds(whole).to_string();
+            text.pop();
+            self.prefix = text;
+        }
+        out.extend_from_slice(self.prefix.as_bytes());
+        let _ = write!(out, ".{:06}Z", since.subsec_micros());
+    }
 }
 
 impl Server {
@@ -137,12 +186,12 @@ impl Server {
         self.metrics
             .record(a.proto.as_str(), a.op, code, duration, Some(user));
         if self.cfg.results_log.path.is_some() {
-            write_log_line(self.files.buffer(), a);
+            write_log_line(self.files.buffer(), &mut self.log_clock, a);
         }
     }
 
     /// The values to keep for the results log, when it is on.
-    pub(super) fn values_to_log(&self, raw: &RawValues) -> Vec<String> {
+    pub(super) fn values_to_log(&self, raw: &RawValues) -> Vec<u8> {
         if self.cfg.results_log.path.is_some() {
             first_values(raw, self.cfg.results_log.values_logged)
         } else {
@@ -151,11 +200,12 @@ impl Server {
     }
 }
 
-fn write_log_line(out: &mut Vec<u8>, a: &Answered) {
-    let time = humantime::format_rfc3339_micros(SystemTime::now());
+fn write_log_line(out: &mut Vec<u8>, clock: &mut LogClock, a: &Answered) {
+    out.extend_from_slice(b"{\"time\":\"");
+    clock.write(out);
     let _ = write!(
         out,
-        "{{\"time\":\"{time}\",\"peer\":\"{}\",\"proto\":\"{}\",\"user\":",
+        "\",\"peer\":\"{}\",\"proto\":\"{}\",\"user\":",
         a.peer,
         a.proto.as_str()
     );
@@ -174,12 +224,7 @@ fn write_log_line(out: &mut Vec<u8>, a: &Answered) {
         None => out.extend_from_slice(b"null"),
     }
     let _ = write!(out, ",\"count\":{},\"values\":[", a.count);
-    for (i, v) in a.values.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        json_str(out, v);
-    }
+    out.extend_from_slice(a.values);
     out.extend_from_slice(b"],");
     match &a.outcome {
         Ok(result) => {
@@ -191,12 +236,11 @@ fn write_log_line(out: &mut Vec<u8>, a: &Answered) {
             json_str(out, message);
         }
     }
-    let _ = writeln!(
-        out,
-        ",\"queue_ms\":{},\"run_ms\":{}}}",
-        millis(a.queue),
-        millis(a.run)
-    );
+    out.extend_from_slice(b",\"queue_ms\":");
+    write_millis(out, a.queue);
+    out.extend_from_slice(b",\"run_ms\":");
+    write_millis(out, a.run);
+    out.extend_from_slice(b"}\n");
 }
 
 #[cfg(test)]
@@ -207,9 +251,10 @@ mod tests {
     #[test]
     fn log_lines_are_json_with_every_field() {
         let mut out = Vec::new();
-        let values = vec!["1".to_string(), "2".to_string()];
+        let values = first_values(&RawValues::Text(b"1 2".to_vec()), 16);
         write_log_line(
             &mut out,
+            &mut LogClock::default(),
             &Answered {
                 proto: Proto::Tcp,
                 peer: "127.0.0.1:5000".parse().unwrap(),
@@ -239,12 +284,27 @@ mod tests {
     fn first_values_takes_tokens_of_text_and_json() {
         assert_eq!(
             first_values(&RawValues::Text(b"[1, 2,3]".to_vec()), 2),
-            ["1", "2"]
+            br#""1","2""#
         );
         let json = RawValues::Json(vec![
             serde_json::json!(1),
             serde_json::json!("9223372036854775807"),
         ]);
-        assert_eq!(first_values(&json, 5), ["1", "9223372036854775807"]);
+        assert_eq!(first_values(&json, 5), br#""1","9223372036854775807""#);
+        assert_eq!(first_values(&RawValues::Text(b"a\"b".to_vec()), 1), br#""a\"b""#);
+    }
+
+    #[test]
+    fn the_clock_writes_rfc3339_with_microseconds() {
+        let mut out = Vec::new();
+        let mut clock = LogClock::default();
+        clock.write(&mut out);
+        out.push(b' ');
+        clock.write(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        for t in text.split(' ') {
+            assert_eq!(t.len(), "2026-11-30T00:34:16.123456Z".len(), "{t}");
+            assert!(humantime::parse_rfc3339(t).is_ok(), "{t}");
+        }
     }
 }

@@ -17,9 +17,10 @@ use super::record::Answered;
 use super::task::Origin;
 use super::{CONN_BASE, Server, Sock, canonical};
 use crate::ops::{Exec, LoopOp, OPS};
+use crate::pool::{ListFn, compute_list_guarded};
 use crate::protocol::frame::Frame;
 use crate::protocol::reply::{write_err, write_ok};
-use crate::protocol::{self, Code, Rejection};
+use crate::protocol::{self, Args, Code, Rejection, Request};
 
 /// Reads per connection per readiness event, so one busy client cannot
 /// starve the others; a connection cut short is read again next turn.
@@ -344,6 +345,7 @@ impl Server {
                 }
                 self.log_answer(&Answered::immediate(settings.proto(), peer, &req, Ok(&output)));
             }
+            Exec::List(exec) if self.inline_list(key, settings, &req, exec) => {}
             Exec::List(_) | Exec::Pi => {
                 let Some(c) = self.conns.get_mut(key) else { return };
                 let seq = c.reserve();
@@ -352,6 +354,42 @@ impl Server {
                 self.enqueue(req, origin, proto, peer, None, now);
             }
         }
+    }
+
+    /// A tiny list request computed on the loop (see `may_inline`), its
+    /// reply written straight into the connection's output: no task, no
+    /// reply slot, no copy. False when the request is not one for that.
+    fn inline_list(&mut self, key: usize, settings: &ListenerSettings, req: &Request, exec: ListFn) -> bool {
+        let Args::Values { raw, count } = &req.args else {
+            return false;
+        };
+        if !self.may_inline(*count as u64) {
+            return false;
+        }
+        let started = Instant::now();
+        let result = compute_list_guarded(exec, raw);
+        let values = self.values_to_log(raw);
+        let Some(c) = self.conns.get_mut(key) else {
+            return true;
+        };
+        match &result {
+            Ok(out) => c.reply_now(|o| write_ok(o, req.id.as_ref(), req.json, out)),
+            Err((code, msg)) => c.reply_now(|o| write_err(o, req.id.as_ref(), req.json, *code, msg)),
+        }
+        let peer = c.peer;
+        self.record(Answered {
+            proto: settings.proto(),
+            peer,
+            user: req.user.as_deref(),
+            id: req.id.as_ref(),
+            op: Some(req.op),
+            count: *count,
+            values: &values,
+            outcome: result.as_ref().map_err(|(c, m)| (*c, m.as_str())),
+            queue: Duration::ZERO,
+            run: started.elapsed(),
+        });
+        true
     }
 
     pub(super) fn answer_rejection(&mut self, key: usize, rej: &Rejection) {

@@ -54,7 +54,7 @@ pub struct Task {
     pub json: bool,
     pub count: usize,
     /// The first values, for the results log.
-    pub values: Vec<String>,
+    pub values: Vec<u8>,
     pub work: Work,
     /// Set for HTTP requests: how the result becomes a response.
     pub http: Option<super::http_conn::HttpReply>,

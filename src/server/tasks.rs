@@ -100,8 +100,13 @@ impl Server {
         let Exec::List(exec) = OPS[task.op].exec else {
             return None;
         };
+        self.may_inline(cost).then_some(exec)
+    }
+
+    /// Whether a list task of this cost may be computed on the loop now.
+    pub(super) fn may_inline(&self, cost: u64) -> bool {
         let idle_queues = self.sched.incoming_len() == 0 && self.sched.ready_len() == 0;
-        (cost <= INLINE_MAX_COST && idle_queues && self.chunking.is_empty()).then_some(exec)
+        cost <= INLINE_MAX_COST && idle_queues && self.chunking.is_empty()
     }
 
     /// The short-term scheduler: ready tasks (and the chunks of pi tasks)
