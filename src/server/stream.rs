@@ -17,10 +17,10 @@ use super::record::Answered;
 use super::task::Origin;
 use super::{CONN_BASE, Server, Sock, canonical};
 use crate::ops::{Exec, LoopOp, OPS};
-use crate::pool::{ListFn, compute_list_guarded};
+use crate::pool::ListFn;
 use crate::protocol::frame::Frame;
 use crate::protocol::reply::{write_err, write_ok};
-use crate::protocol::{self, Args, Code, Rejection, Request};
+use crate::protocol::{self, Code, Rejection, Request};
 
 /// Reads per connection per readiness event, so one busy client cannot
 /// starve the others; a connection cut short is read again next turn.
@@ -356,39 +356,22 @@ impl Server {
         }
     }
 
-    /// A tiny list request computed on the loop (see `may_inline`), its
+    /// A tiny list request computed on the loop (see `run_inline`), its
     /// reply written straight into the connection's output: no task, no
     /// reply slot, no copy. False when the request is not one for that.
     fn inline_list(&mut self, key: usize, settings: &ListenerSettings, req: &Request, exec: ListFn) -> bool {
-        let Args::Values { raw, count } = &req.args else {
+        let Some(peer) = self.conns.get(key).map(|c| c.peer) else {
             return false;
         };
-        if !self.may_inline(*count as u64) {
+        let Some(result) = self.run_inline(settings.proto(), peer, req, exec) else {
             return false;
-        }
-        let started = Instant::now();
-        let result = compute_list_guarded(exec, raw);
-        let values = self.values_to_log(raw);
-        let Some(c) = self.conns.get_mut(key) else {
-            return true;
         };
-        match &result {
-            Ok(out) => c.reply_now(|o| write_ok(o, req.id.as_ref(), req.json, out)),
-            Err((code, msg)) => c.reply_now(|o| write_err(o, req.id.as_ref(), req.json, *code, msg)),
+        if let Some(c) = self.conns.get_mut(key) {
+            match &result {
+                Ok(out) => c.reply_now(|o| write_ok(o, req.id.as_ref(), req.json, out)),
+                Err((code, msg)) => c.reply_now(|o| write_err(o, req.id.as_ref(), req.json, *code, msg)),
+            }
         }
-        let peer = c.peer;
-        self.record(Answered {
-            proto: settings.proto(),
-            peer,
-            user: req.user.as_deref(),
-            id: req.id.as_ref(),
-            op: Some(req.op),
-            count: *count,
-            values: &values,
-            outcome: result.as_ref().map_err(|(c, m)| (*c, m.as_str())),
-            queue: Duration::ZERO,
-            run: started.elapsed(),
-        });
         true
     }
 

@@ -103,6 +103,39 @@ impl Server {
         self.may_inline(cost).then_some(exec)
     }
 
+    /// Computes a tiny list request on the loop, when `may_inline` allows,
+    /// and records it; the caller writes the reply. None: queue it instead.
+    pub(super) fn run_inline(
+        &mut self,
+        proto: Proto,
+        peer: SocketAddr,
+        req: &Request,
+        exec: pool::ListFn,
+    ) -> Option<Result<Output, (Code, String)>> {
+        let Args::Values { raw, count } = &req.args else {
+            return None;
+        };
+        if !self.may_inline(*count as u64) {
+            return None;
+        }
+        let started = Instant::now();
+        let result = pool::compute_list_guarded(exec, raw);
+        let values = self.values_to_log(raw);
+        self.record(Answered {
+            proto,
+            peer,
+            user: req.user.as_deref(),
+            id: req.id.as_ref(),
+            op: Some(req.op),
+            count: *count,
+            values: &values,
+            outcome: result.as_ref().map_err(|(c, m)| (*c, m.as_str())),
+            queue: std::time::Duration::ZERO,
+            run: started.elapsed(),
+        });
+        Some(result)
+    }
+
     /// Whether a list task of this cost may be computed on the loop now.
     pub(super) fn may_inline(&self, cost: u64) -> bool {
         let idle_queues = self.sched.incoming_len() == 0 && self.sched.ready_len() == 0;

@@ -167,6 +167,13 @@ impl Server {
                         self.log_answer(&Answered::immediate(Proto::Udp, peer, &req, Ok(&out)));
                         self.udp_fill(key, batch_id, i, reply);
                     }
+                    Exec::List(exec) if let Some(result) = self.run_inline(Proto::Udp, peer, &req, exec) => {
+                        match &result {
+                            Ok(out) => write_ok(&mut reply, req.id.as_ref(), req.json, out),
+                            Err((code, msg)) => write_err(&mut reply, req.id.as_ref(), req.json, *code, msg),
+                        }
+                        self.udp_fill(key, batch_id, i, reply);
+                    }
                     Exec::List(_) | Exec::Pi => {
                         let origin = Origin::Udp {
                             key,
