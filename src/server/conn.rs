@@ -47,6 +47,8 @@ pub struct Conn {
     pub id: u64,
     pub stream: TcpStream,
     pub peer: SocketAddr,
+    /// `peer` as text, for the results log: formatted once.
+    pub peer_text: Rc<str>,
     /// The listener's settings when the connection was accepted.
     pub settings: Rc<ListenerSettings>,
     pub state: State,
@@ -94,6 +96,7 @@ impl Conn {
             id,
             stream,
             peer,
+            peer_text: peer.to_string().into(),
             settings,
             state: State::Open,
             framer: Framer::default(),

@@ -3,6 +3,7 @@
 //! and become the same tasks; responses take their place in the
 //! connection's reply order, so pipelined requests are answered in order.
 
+use std::rc::Rc;
 use std::time::Instant;
 
 use super::conn::State;
@@ -113,7 +114,7 @@ impl Server {
             }
         }
         let refusing = self.refusing(now);
-        let Some(peer) = self.conns.get(key).map(|c| c.peer) else {
+        let Some(peer) = self.conns.get(key).map(|c| Rc::clone(&c.peer_text)) else {
             return;
         };
         let mut out = Vec::new();
@@ -125,7 +126,7 @@ impl Server {
                     let mut body = Vec::new();
                     write_ok(&mut body, req.id.as_ref(), true, &output);
                     http::write_response(&mut out, 200, http::JSON_CONTENT_TYPE, &[], &body, close);
-                    self.log_answer(&Answered::immediate(proto, peer, &req, Ok(&output)));
+                    self.log_answer(&Answered::immediate(proto, &peer, &req, Ok(&output)));
                 }
                 Exec::List(_) | Exec::Pi => {
                     let Some(c) = self.conns.get_mut(key) else { return };
@@ -134,7 +135,14 @@ impl Server {
                         c.state = State::Finishing;
                     }
                     let origin = Origin::Conn { key, conn: c.id, seq };
-                    self.enqueue(req, origin, proto, peer, Some(HttpReply { seed_pi, close }), now);
+                    self.enqueue(
+                        req,
+                        origin,
+                        proto,
+                        Rc::clone(&peer),
+                        Some(HttpReply { seed_pi, close }),
+                        now,
+                    );
                     return;
                 }
             },
@@ -142,7 +150,7 @@ impl Server {
                 close = true;
                 let rej = Rejection::shutting_down(&Ok(req));
                 http::write_rejection(&mut out, &rej, close, &[]);
-                self.record(Answered::rejected(proto, peer, &rej));
+                self.record(Answered::rejected(proto, &peer, &rej));
             }
             Action::Reject(rej) => {
                 let rej = if refusing {
@@ -152,7 +160,7 @@ impl Server {
                 };
                 close |= refusing;
                 http::write_rejection(&mut out, &rej, close, &[]);
-                self.record(Answered::rejected(proto, peer, &rej));
+                self.record(Answered::rejected(proto, &peer, &rej));
             }
             Action::Statistics => {
                 let body = http::statistics_body(&self.users.snapshot());

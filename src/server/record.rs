@@ -4,7 +4,6 @@
 //! handed to the writer thread once per turn.
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::Server;
@@ -16,7 +15,8 @@ use crate::protocol::{Code, Id, RawValues, Rejection, Request};
 /// One answered request, as the results log and the counters see it.
 pub struct Answered<'a> {
     pub proto: Proto,
-    pub peer: SocketAddr,
+    /// The client's address, as text (formatted once per connection).
+    pub peer: &'a str,
     pub user: Option<&'a str>,
     pub id: Option<&'a Id>,
     pub op: Option<OpId>,
@@ -33,7 +33,7 @@ impl<'a> Answered<'a> {
     /// A request the loop answered at once, without a task.
     pub fn immediate(
         proto: Proto,
-        peer: SocketAddr,
+        peer: &'a str,
         req: &'a Request,
         outcome: Result<&'a Output, (Code, &'a str)>,
     ) -> Answered<'a> {
@@ -52,7 +52,7 @@ impl<'a> Answered<'a> {
     }
 
     /// A request the loop refused.
-    pub fn rejected(proto: Proto, peer: SocketAddr, rej: &'a Rejection) -> Answered<'a> {
+    pub fn rejected(proto: Proto, peer: &'a str, rej: &'a Rejection) -> Answered<'a> {
         Answered {
             proto,
             peer,
@@ -203,12 +203,12 @@ impl Server {
 fn write_log_line(out: &mut Vec<u8>, clock: &mut LogClock, a: &Answered) {
     out.extend_from_slice(b"{\"time\":\"");
     clock.write(out);
-    let _ = write!(
-        out,
-        "\",\"peer\":\"{}\",\"proto\":\"{}\",\"user\":",
-        a.peer,
-        a.proto.as_str()
-    );
+    // Socket addresses and proto names need no JSON escaping.
+    out.extend_from_slice(b"\",\"peer\":\"");
+    out.extend_from_slice(a.peer.as_bytes());
+    out.extend_from_slice(b"\",\"proto\":\"");
+    out.extend_from_slice(a.proto.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"user\":");
     json_str(out, a.user.unwrap_or(crate::users::ANONYMOUS));
     out.extend_from_slice(b",\"id\":");
     match a.id {
@@ -257,7 +257,7 @@ mod tests {
             &mut LogClock::default(),
             &Answered {
                 proto: Proto::Tcp,
-                peer: "127.0.0.1:5000".parse().unwrap(),
+                peer: "127.0.0.1:5000",
                 user: Some("alice"),
                 id: Some(&Id::Text("7".into())),
                 op: crate::ops::lookup("max"),

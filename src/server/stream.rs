@@ -339,18 +339,18 @@ impl Server {
                 let output = self.loop_op(op);
                 let Some(c) = self.conns.get_mut(key) else { return };
                 c.reply_now(|out| write_ok(out, req.id.as_ref(), req.json, &output));
-                let peer = c.peer;
+                let peer = Rc::clone(&c.peer_text);
                 if op == LoopOp::Quit {
                     c.state = State::Finishing;
                 }
-                self.log_answer(&Answered::immediate(settings.proto(), peer, &req, Ok(&output)));
+                self.log_answer(&Answered::immediate(settings.proto(), &peer, &req, Ok(&output)));
             }
             Exec::List(exec) if self.inline_list(key, settings, &req, exec) => {}
             Exec::List(_) | Exec::Pi => {
                 let Some(c) = self.conns.get_mut(key) else { return };
                 let seq = c.reserve();
                 let origin = Origin::Conn { key, conn: c.id, seq };
-                let (proto, peer) = (settings.proto(), c.peer);
+                let (proto, peer) = (settings.proto(), Rc::clone(&c.peer_text));
                 self.enqueue(req, origin, proto, peer, None, now);
             }
         }
@@ -360,10 +360,10 @@ impl Server {
     /// reply written straight into the connection's output: no task, no
     /// reply slot, no copy. False when the request is not one for that.
     fn inline_list(&mut self, key: usize, settings: &ListenerSettings, req: &Request, exec: ListFn) -> bool {
-        let Some(peer) = self.conns.get(key).map(|c| c.peer) else {
+        let Some(peer) = self.conns.get(key).map(|c| Rc::clone(&c.peer_text)) else {
             return false;
         };
-        let Some(result) = self.run_inline(settings.proto(), peer, req, exec) else {
+        let Some(result) = self.run_inline(settings.proto(), &peer, req, exec) else {
             return false;
         };
         if let Some(c) = self.conns.get_mut(key) {
@@ -378,8 +378,8 @@ impl Server {
     pub(super) fn answer_rejection(&mut self, key: usize, rej: &Rejection) {
         let Some(c) = self.conns.get_mut(key) else { return };
         c.reply_now(|out| write_err(out, rej.id.as_ref(), rej.json, rej.code, &rej.message));
-        let (proto, peer) = (c.settings.proto(), c.peer);
-        self.record(Answered::rejected(proto, peer, rej));
+        let (proto, peer) = (c.settings.proto(), Rc::clone(&c.peer_text));
+        self.record(Answered::rejected(proto, &peer, rej));
     }
 
     pub(super) fn resume_paused(&mut self, now: Instant) {

@@ -1,7 +1,7 @@
 //! A task: one accepted request on its way through the scheduler and the
 //! pool, with the address of the reply it owes.
 
-use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Instant;
 
 use crate::config::Proto;
@@ -47,7 +47,7 @@ pub struct Task {
     pub serial: u64,
     pub origin: Origin,
     pub proto: Proto,
-    pub peer: SocketAddr,
+    pub peer: Rc<str>,
     pub id: Option<Id>,
     pub user: Option<String>,
     pub op: OpId,

@@ -2,7 +2,7 @@
 //! request, the short-term scheduler handing work to idle workers, and
 //! turning results into replies in the place their request reserved.
 
-use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Instant;
 
 use super::Server;
@@ -26,7 +26,7 @@ impl Server {
         req: Request,
         origin: Origin,
         proto: Proto,
-        peer: SocketAddr,
+        peer: Rc<str>,
         http: Option<HttpReply>,
         now: Instant,
     ) {
@@ -108,7 +108,7 @@ impl Server {
     pub(super) fn run_inline(
         &mut self,
         proto: Proto,
-        peer: SocketAddr,
+        peer: &str,
         req: &Request,
         exec: pool::ListFn,
     ) -> Option<Result<Output, (Code, String)>> {
@@ -269,7 +269,7 @@ impl Server {
         let started = task.started.unwrap_or(now);
         self.record(Answered {
             proto: task.proto,
-            peer: task.peer,
+            peer: &task.peer,
             user: task.user.as_deref(),
             id: task.id.as_ref(),
             op: Some(task.op),

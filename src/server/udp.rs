@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
 use std::time::Instant;
 
 use super::record::Answered;
@@ -95,14 +96,14 @@ impl Server {
             code: Code::TooLong,
             message: "datagram longer than the receive buffer".into(),
         };
-        self.record(Answered::rejected(Proto::Udp, dest.peer, &rej));
+        self.record(Answered::rejected(Proto::Udp, &dest.peer.to_string(), &rej));
         let mut reply = Vec::new();
         write_err(&mut reply, None, false, Code::TooLong, &rej.message);
         self.udp_send(index, dest, reply);
     }
 
     fn datagram(&mut self, index: usize, dest: Dest, data: &[u8], now: Instant) {
-        let peer = dest.peer;
+        let peer: Rc<str> = dest.peer.to_string().into();
         let max = self.cfg.limits.max_line_bytes;
         let mut lines: Vec<&[u8]> = data
             .split(|&b| b == b'\n')
@@ -139,7 +140,7 @@ impl Server {
                     code: Code::TooLong,
                     message: format!("line longer than max_line_bytes ({max})"),
                 };
-                self.record(Answered::rejected(Proto::Udp, peer, &rej));
+                self.record(Answered::rejected(Proto::Udp, &peer, &rej));
                 write_err(&mut reply, None, json, Code::TooLong, &rej.message);
                 self.udp_fill(key, batch_id, i, reply);
                 continue;
@@ -155,7 +156,7 @@ impl Server {
             };
             match parsed {
                 Err(rej) => {
-                    self.record(Answered::rejected(Proto::Udp, peer, &rej));
+                    self.record(Answered::rejected(Proto::Udp, &peer, &rej));
                     write_err(&mut reply, rej.id.as_ref(), rej.json, rej.code, &rej.message);
                     self.udp_fill(key, batch_id, i, reply);
                 }
@@ -164,10 +165,10 @@ impl Server {
                         self.account(req.user.as_deref(), None);
                         let out = self.loop_op(op);
                         write_ok(&mut reply, req.id.as_ref(), req.json, &out);
-                        self.log_answer(&Answered::immediate(Proto::Udp, peer, &req, Ok(&out)));
+                        self.log_answer(&Answered::immediate(Proto::Udp, &peer, &req, Ok(&out)));
                         self.udp_fill(key, batch_id, i, reply);
                     }
-                    Exec::List(exec) if let Some(result) = self.run_inline(Proto::Udp, peer, &req, exec) => {
+                    Exec::List(exec) if let Some(result) = self.run_inline(Proto::Udp, &peer, &req, exec) => {
                         match &result {
                             Ok(out) => write_ok(&mut reply, req.id.as_ref(), req.json, out),
                             Err((code, msg)) => write_err(&mut reply, req.id.as_ref(), req.json, *code, msg),
@@ -180,7 +181,7 @@ impl Server {
                             batch: batch_id,
                             line: i,
                         };
-                        self.enqueue(req, origin, Proto::Udp, peer, None, now);
+                        self.enqueue(req, origin, Proto::Udp, Rc::clone(&peer), None, now);
                     }
                 },
             }
