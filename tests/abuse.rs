@@ -10,14 +10,15 @@ mod common;
 use std::cell::Cell;
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{BIN, Daemon, abuse_cpu_secs, abuse_rss_kib, free_port, svc_config, svc_parse_info};
+use common::{
+    Case, Daemon, Launch, Rng, abuse_cpu_secs, abuse_rss_kib, read_cases, reply_matches, svc_config,
+    svc_parse_info,
+};
 
 /// The configuration the corpus assumes (see its header).
 const CORPUS_CONFIG: &str =
@@ -29,116 +30,8 @@ const LOCALHOST_2: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 
 // ---- the corpus
 
-struct Case {
-    /// Line number in the corpus file, for messages.
-    line: usize,
-    request: Vec<u8>,
-    expected: String,
-}
-
-impl Case {
-    fn shown(&self) -> String {
-        format!(
-            "bad-inputs.txt:{} {:?}",
-            self.line,
-            String::from_utf8_lossy(&self.request)
-        )
-    }
-}
-
-/// Decodes the escapes of the corpus: `\t`, `\r`, `\\` and `\xHH`; any
-/// other backslash stands for itself.
-fn unescape(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 1 < b.len() {
-            let simple = match b[i + 1] {
-                b't' => Some(b'\t'),
-                b'r' => Some(b'\r'),
-                b'\\' => Some(b'\\'),
-                _ => None,
-            };
-            if let Some(c) = simple {
-                out.push(c);
-                i += 2;
-                continue;
-            }
-            if b[i + 1] == b'x'
-                && let Some(hex) = s.get(i + 2..i + 4)
-                && let Ok(v) = u8::from_str_radix(hex, 16)
-            {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    out
-}
-
 fn corpus() -> Vec<Case> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cases/bad-inputs.txt");
-    let text = std::fs::read_to_string(path).expect("tests/cases/bad-inputs.txt");
-    // A case is any line with a tab-separated `=>`, also one whose request
-    // starts with `#id`; other lines are comments (`#`) or blank.
-    text.lines()
-        .enumerate()
-        .filter_map(|(i, l)| match l.split_once("\t=>\t") {
-            Some(pair) => Some((i, pair)),
-            None => {
-                assert!(
-                    l.starts_with('#') || l.trim().is_empty(),
-                    "bad-inputs.txt:{}: neither a case nor a comment: {l:?}",
-                    i + 1
-                );
-                None
-            }
-        })
-        .map(|(i, (req, exp))| {
-            let request = unescape(req);
-            assert!(
-                !request.contains(&b'\n'),
-                "bad-inputs.txt:{}: a request is one line",
-                i + 1
-            );
-            Case {
-                line: i + 1,
-                request,
-                expected: exp.to_string(),
-            }
-        })
-        .collect()
-}
-
-/// Compares JSON values, where the expected string "*" matches any string.
-fn json_matches(expected: &serde_json::Value, got: &serde_json::Value) -> bool {
-    use serde_json::Value;
-    match (expected, got) {
-        (Value::String(e), Value::String(_)) if e == "*" => true,
-        (Value::Object(e), Value::Object(g)) => {
-            e.len() == g.len()
-                && e.iter()
-                    .all(|(k, v)| g.get(k).is_some_and(|gv| json_matches(v, gv)))
-        }
-        _ => expected == got,
-    }
-}
-
-/// Whether a reply line matches a corpus expectation: JSON as JSON, text
-/// exactly, or up to a free-text message written `*`.
-fn matches(expected: &str, got: &str) -> bool {
-    if expected.starts_with('{') {
-        let e: serde_json::Value = serde_json::from_str(expected).expect("expected JSON");
-        return serde_json::from_str(got).is_ok_and(|g| json_matches(&e, &g));
-    }
-    match expected.strip_suffix(" *") {
-        Some(prefix) => got.starts_with(&format!("{prefix} ")) && got.len() > prefix.len() + 1,
-        None => got == expected,
-    }
+    read_cases(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cases/bad-inputs.txt"))
 }
 
 // ---- clients
@@ -322,7 +215,7 @@ fn bad_inputs_over_tcp_pipelined_on_one_connection() {
         let got = c
             .line()
             .unwrap_or_else(|| panic!("EOF instead of the reply to {}", case.shown()));
-        if !matches(&case.expected, &got) {
+        if !reply_matches(&case.expected, &got) {
             failures.push(format!(
                 "{}: expected {:?}, got {:?}",
                 case.shown(),
@@ -353,7 +246,7 @@ fn bad_inputs_over_udp_one_datagram_each() {
     let mut failures = Vec::new();
     for case in corpus() {
         match udp_ask(&s, d.udp, &case.request) {
-            Some(got) if matches(&case.expected, &got) => {}
+            Some(got) if reply_matches(&case.expected, &got) => {}
             got => failures.push(format!(
                 "{}: expected {:?}, got {:?}",
                 case.shown(),
@@ -378,7 +271,7 @@ fn bad_inputs_over_udp_one_datagram_each() {
     ];
     for (req, exp) in udp_only {
         match udp_ask(&s, d.udp, req.as_bytes()) {
-            Some(got) if matches(exp, &got) => {}
+            Some(got) if reply_matches(exp, &got) => {}
             got => failures.push(format!("udp {req:?}: expected {exp:?}, got {got:?}")),
         }
     }
@@ -444,22 +337,6 @@ fn over_long_lines_get_too_long_and_the_next_request_its_answer() {
     let got = udp_ask(&s, d.udp, long.as_bytes()).expect("a UDP reply");
     assert!(got.starts_with("ERR too-long "), "{got:?}");
     assert_eq!(udp_ask(&s, d.udp, b"#u max 1 2").as_deref(), Some("#u OK 2"));
-}
-
-/// xorshift64*: reproducible garbage without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// A random line: any bytes but `\n` and `\r`, often starting like a
@@ -919,64 +796,23 @@ fn allow_over_ipv6() {
 /// Like `Daemon::start`, with RLIMIT_NOFILE lowered to `limit` (soft and
 /// hard) in the child before it execs taskd.
 fn start_with_nofile(limit: u64) -> Daemon {
-    let mut last = String::new();
-    for _ in 0..5 {
-        let dir = tempfile::tempdir().expect("temporary folder");
-        let port = free_port();
-        let config = dir.path().join("taskd.toml");
-        std::fs::write(&config, svc_config(port, "")).expect("write config");
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--config")
-            .arg(&config)
-            .current_dir(dir.path())
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(dir.path().join("stderr.log")).expect("stderr log"),
-            ));
-        // SAFETY: the closure runs in the forked child before exec and only
-        // calls setrlimit(2), which is async-signal-safe; it allocates
-        // nothing and touches no lock.
-        unsafe {
-            cmd.pre_exec(move || {
-                let lim = libc::rlimit {
-                    rlim_cur: limit as libc::rlim_t,
-                    rlim_max: limit as libc::rlim_t,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().expect("start taskd");
-        let tcp: SocketAddr = SocketAddr::new(LOCALHOST, port);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                last = format!(
-                    "taskd exited with {status}: {}",
-                    std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
-                );
-                break;
+    let launch = Launch::new(|port| svc_config(port, "")).note(&format!("under RLIMIT_NOFILE {limit}"));
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls setrlimit(2), which is async-signal-safe; it allocates
+    // nothing and touches no lock.
+    let launch = unsafe {
+        launch.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: limit as libc::rlim_t,
+                rlim_max: limit as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(io::Error::last_os_error());
             }
-            if TcpStream::connect_timeout(&tcp, Duration::from_millis(200)).is_ok() {
-                return Daemon {
-                    child,
-                    dir,
-                    port,
-                    tcp,
-                    udp: tcp,
-                    config,
-                };
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    panic!("taskd did not start under RLIMIT_NOFILE {limit}: {last}");
+            Ok(())
+        })
+    };
+    launch.start()
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::Daemon;
+use common::{Daemon, reply_matches};
 
 const CONFIG: &str =
     "[limits]\nmax_values = 1000\n\n[ops.pi]\nmax_samples = 1000000\nudp_max_samples = 1000000\n";
@@ -25,43 +25,15 @@ struct Case {
 }
 
 fn cases() -> Vec<Case> {
-    cases_text()
-        .lines()
-        // Comments start with '#', but so do requests with an id: a case
-        // is any line with the tab-separated arrow.
-        .filter_map(|l| l.split_once("\t=>\t"))
-        .map(|(req, exp)| Case {
-            request: req.replace("\\t", "\t"),
-            expected: exp.to_string(),
+    // The shared case-file format: requests with an id start with '#' like
+    // comments, so a case is any line with the tab-separated arrow.
+    common::parse_cases("line-protocol.txt", &cases_text())
+        .into_iter()
+        .map(|c| Case {
+            request: String::from_utf8_lossy(&c.request).into_owned(),
+            expected: c.expected,
         })
         .collect()
-}
-
-/// Compares JSON values, where the expected string "*" matches any string.
-fn json_matches(expected: &serde_json::Value, got: &serde_json::Value) -> bool {
-    use serde_json::Value;
-    match (expected, got) {
-        (Value::String(e), Value::String(_)) if e == "*" => true,
-        (Value::Object(e), Value::Object(g)) => {
-            e.len() == g.len()
-                && e.iter()
-                    .all(|(k, v)| g.get(k).is_some_and(|gv| json_matches(v, gv)))
-        }
-        (Value::Number(e), Value::Number(g)) => e.as_f64() == g.as_f64() && e.to_string() == g.to_string(),
-        _ => expected == got,
-    }
-}
-
-fn matches(expected: &str, got: &str) -> bool {
-    if expected.starts_with('{') {
-        let e: serde_json::Value = serde_json::from_str(expected).expect("expected JSON");
-        return serde_json::from_str(got).is_ok_and(|g| json_matches(&e, &g));
-    }
-    match expected.strip_suffix(" *") {
-        // Only the code is fixed; the message is free text.
-        Some(prefix) => got.starts_with(&format!("{prefix} ")) && got.len() > prefix.len() + 1,
-        None => got == expected,
-    }
 }
 
 #[test]
@@ -91,7 +63,7 @@ fn every_case_over_tcp_pipelined() {
     let failures: Vec<String> = cases
         .iter()
         .zip(&replies)
-        .filter(|(c, got)| !matches(&c.expected, got))
+        .filter(|(c, got)| !reply_matches(&c.expected, got))
         .map(|(c, got)| format!("{:?}: expected {:?}, got {:?}", c.request, c.expected, got))
         .collect();
     assert!(
@@ -109,7 +81,7 @@ fn every_case_over_tcp_one_at_a_time() {
     for case in cases() {
         let got = c.ask(&case.request);
         assert!(
-            matches(&case.expected, &got),
+            reply_matches(&case.expected, &got),
             "{:?}: expected {:?}, got {:?}",
             case.request,
             case.expected,
@@ -124,7 +96,7 @@ fn every_case_over_udp() {
     for case in cases() {
         let got = d.udp(&case.request);
         assert!(
-            matches(&case.expected, &got),
+            reply_matches(&case.expected, &got),
             "{:?}: expected {:?}, got {:?}",
             case.request,
             case.expected,

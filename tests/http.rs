@@ -14,7 +14,7 @@ use std::net::{Shutdown, TcpStream};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, HttpConn, HttpResponse, http_config, http_get, http_post};
+use common::{Daemon, HttpConn, HttpResponse, http_config, http_get, http_post, svc_wait_until};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------- clients
@@ -135,20 +135,6 @@ fn assert_closed(c: &mut HttpConn, what: &str) {
 
 fn as_f64(v: &Value) -> f64 {
     v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
-}
-
-/// Polls `f` every 20 ms for at most `timeout`.
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 // ---------------------------------------------------------------- endpoints
@@ -713,7 +699,7 @@ fn sigterm_drains_http() {
     // A task that outlives the delay keeps the daemon serving after it.
     let mut long = d.http();
     long.send(http_get("/v1/pi?samples=10000000000&chunks=1&id=long"));
-    let running = wait_until(Duration::from_secs(10), || {
+    let running = svc_wait_until(Duration::from_secs(10), || {
         let m = api.get("/metrics").text();
         m.contains("taskd_queue_tasks{queue=\"running\"} 1")
     });
@@ -725,7 +711,7 @@ fn sigterm_drains_http() {
 
     let mut draining = None;
     assert!(
-        wait_until(Duration::from_secs(5), || {
+        svc_wait_until(Duration::from_secs(5), || {
             let r = d.http().ask(http_get("/healthz"));
             let done = r.status == 503;
             draining = Some(r);
@@ -744,7 +730,7 @@ fn sigterm_drains_http() {
 
     let mut refused = None;
     assert!(
-        wait_until(Duration::from_secs(10), || {
+        svc_wait_until(Duration::from_secs(10), || {
             let mut c = d.http();
             let r = c.ask(http_get("/v1/max?values=1,2"));
             if r.status == 200 {
@@ -765,7 +751,7 @@ fn sigterm_drains_http() {
     assert_eq!(r.json()["id"], json!("long"));
     let mut status = None;
     assert!(
-        wait_until(Duration::from_secs(15), || {
+        svc_wait_until(Duration::from_secs(15), || {
             status = d.child.try_wait().expect("try_wait");
             status.is_some()
         }),

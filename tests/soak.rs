@@ -14,7 +14,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, abuse_rss_kib, svc_parse_info};
+use common::{Daemon, Rng, abuse_rss_kib, svc_parse_info};
 
 const TCP_CLIENTS: usize = 32;
 const UDP_CLIENTS: usize = 8;
@@ -27,22 +27,6 @@ const PER_CONNECTION: usize = 1500;
 /// An unanswered UDP request counts as lost after this long.
 const UDP_PATIENCE: Duration = Duration::from_secs(2);
 const DEFAULT_SECS: u64 = 20;
-
-/// xorshift64*: reproducible requests without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// What the answer to a request must be.
 #[derive(Debug, Clone, PartialEq)]

@@ -18,7 +18,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Daemon, HttpResponse, free_port, http_get, http_post, read_http_response, svc_parse_info};
+use common::{
+    BIN, Daemon, HttpResponse, Launch, free_port, http_get, http_post, read_http_response, svc_parse_info,
+};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
@@ -127,57 +129,7 @@ impl Leaf {
 /// the daemon's folder, not `etc/`: relative certificate paths must be
 /// resolved against the config file's folder.
 fn start_with_files(files: &[(&str, String)], make: impl Fn(u16) -> String) -> Daemon {
-    let mut last = String::new();
-    for _ in 0..5 {
-        let dir = tempfile::tempdir().expect("temporary folder");
-        let etc = dir.path().join("etc");
-        for (name, text) in files {
-            let path = etc.join(name);
-            std::fs::create_dir_all(path.parent().expect("a parent")).expect("create folders");
-            std::fs::write(&path, text).expect("write a file");
-        }
-        std::fs::create_dir_all(&etc).expect("create etc");
-        let port = free_port();
-        let config = etc.join("taskd.toml");
-        std::fs::write(&config, make(port)).expect("write config");
-        let mut child = Command::new(BIN)
-            .arg("--config")
-            .arg(&config)
-            .current_dir(dir.path())
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(dir.path().join("stderr.log")).expect("stderr log"),
-            ))
-            .spawn()
-            .expect("start taskd");
-        let tcp: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                last = format!(
-                    "taskd exited with {status}: {}",
-                    std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
-                );
-                break;
-            }
-            if TcpStream::connect_timeout(&tcp, Duration::from_millis(200)).is_ok() {
-                return Daemon {
-                    child,
-                    dir,
-                    port,
-                    tcp,
-                    udp: tcp,
-                    config,
-                };
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    panic!("taskd did not start: {last}");
+    Launch::new(make).config_in("etc").files(files).start()
 }
 
 /// One `tls`/`https` listener on `port` with `tls/server.pem` and

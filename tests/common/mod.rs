@@ -4,10 +4,12 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_taskd");
@@ -33,39 +35,115 @@ pub fn free_port() -> u16 {
     panic!("no free port found");
 }
 
-impl Daemon {
-    /// Starts taskd with TCP and UDP listeners on one free port and `extra`
-    /// appended to the configuration.
-    pub fn start(extra: &str) -> Daemon {
-        Daemon::start_with(|port| {
-            format!(
-                "[[listener]]\nproto = \"tcp\"\naddress = \"127.0.0.1:{port}\"\n\n\
-                 [[listener]]\nproto = \"udp\"\naddress = \"127.0.0.1:{port}\"\n\n{extra}\n"
-            )
-        })
+/// How to start taskd: the configuration `make(port)` for a free port, and
+/// what else a test needs around the daemon. `Launch::start` is the one
+/// place that spawns it and waits for its port; every `Daemon::start*` is a
+/// thin wrapper of it.
+pub struct Launch<'a> {
+    make: Box<dyn Fn(u16) -> String + 'a>,
+    env: Vec<(String, String)>,
+    files: Vec<(String, String)>,
+    config_dir: Option<String>,
+    pre_exec: Option<Arc<dyn Fn() -> io::Result<()> + Send + Sync>>,
+    note: String,
+}
+
+impl<'a> Launch<'a> {
+    /// taskd with the configuration `make(port)` in `taskd.toml` of a fresh
+    /// temporary folder, which is also its working directory; `RUST_LOG=info`
+    /// and stderr to `stderr.log` there.
+    pub fn new(make: impl Fn(u16) -> String + 'a) -> Launch<'a> {
+        Launch {
+            make: Box::new(make),
+            env: Vec::new(),
+            files: Vec::new(),
+            config_dir: None,
+            pre_exec: None,
+            note: String::new(),
+        }
     }
 
-    /// Starts taskd with the configuration `make(port)`, retrying on
-    /// another port if the chosen one was taken meanwhile.
-    pub fn start_with(make: impl Fn(u16) -> String) -> Daemon {
+    /// Extra environment variables for the daemon (set after `RUST_LOG`,
+    /// so they may override it).
+    pub fn env(mut self, vars: &[(&str, &str)]) -> Self {
+        self.env
+            .extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self
+    }
+
+    /// Files (paths relative to the config file's folder) written before
+    /// the daemon starts.
+    pub fn files(mut self, files: &[(&str, String)]) -> Self {
+        self.files
+            .extend(files.iter().map(|(name, text)| (name.to_string(), text.clone())));
+        self
+    }
+
+    /// Puts the config file and the `files` in the subfolder `sub` of the
+    /// daemon's folder; the working directory stays the daemon's folder.
+    pub fn config_in(mut self, sub: &str) -> Self {
+        self.config_dir = Some(sub.to_string());
+        self
+    }
+
+    /// Runs `hook` in the forked child before it execs taskd.
+    ///
+    /// # Safety
+    ///
+    /// As for `std::os::unix::process::CommandExt::pre_exec`: `hook` runs
+    /// between fork and exec and must do only what is sound there (in
+    /// general, async-signal-safe calls, no allocation, no lock).
+    pub unsafe fn pre_exec(mut self, hook: impl Fn() -> io::Result<()> + Send + Sync + 'static) -> Self {
+        self.pre_exec = Some(Arc::new(hook));
+        self
+    }
+
+    /// Words added to the panic message when the daemon does not start.
+    pub fn note(mut self, what: &str) -> Self {
+        self.note = format!(" {what}");
+        self
+    }
+
+    /// Starts taskd and waits until its port takes connections, retrying
+    /// on another port if the chosen one was taken meanwhile.
+    pub fn start(self) -> Daemon {
         let mut last = String::new();
         for _ in 0..5 {
             let dir = tempfile::tempdir().expect("temporary folder");
+            let config_dir = match &self.config_dir {
+                Some(sub) => dir.path().join(sub),
+                None => dir.path().to_path_buf(),
+            };
+            for (name, text) in &self.files {
+                let path = config_dir.join(name);
+                std::fs::create_dir_all(path.parent().expect("a parent")).expect("create folders");
+                std::fs::write(&path, text).expect("write a file");
+            }
+            std::fs::create_dir_all(&config_dir).expect("create the config folder");
             let port = free_port();
-            let config = dir.path().join("taskd.toml");
-            std::fs::write(&config, make(port)).expect("write config");
-            let mut child = Command::new(BIN)
-                .arg("--config")
+            let config = config_dir.join("taskd.toml");
+            std::fs::write(&config, (self.make)(port)).expect("write config");
+            let mut cmd = Command::new(BIN);
+            cmd.arg("--config")
                 .arg(&config)
                 .current_dir(dir.path())
                 .env("RUST_LOG", "info")
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::from(
                     std::fs::File::create(dir.path().join("stderr.log")).expect("stderr log"),
-                ))
-                .spawn()
-                .expect("start taskd");
+                ));
+            if let Some(hook) = &self.pre_exec {
+                let hook = Arc::clone(hook);
+                // SAFETY: the caller of `Launch::pre_exec` vouched that the
+                // hook is sound between fork and exec; calling it through
+                // the Arc neither allocates nor locks.
+                unsafe {
+                    cmd.pre_exec(move || hook());
+                }
+            }
+            let mut child = cmd.spawn().expect("start taskd");
             let tcp: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
             let deadline = Instant::now() + Duration::from_secs(20);
             while Instant::now() < deadline {
@@ -91,7 +169,21 @@ impl Daemon {
             let _ = child.kill();
             let _ = child.wait();
         }
-        panic!("taskd did not start: {last}");
+        panic!("taskd did not start{}: {last}", self.note);
+    }
+}
+
+impl Daemon {
+    /// Starts taskd with TCP and UDP listeners on one free port and `extra`
+    /// appended to the configuration.
+    pub fn start(extra: &str) -> Daemon {
+        Launch::new(|port| svc_config(port, extra)).start()
+    }
+
+    /// Starts taskd with the configuration `make(port)`, retrying on
+    /// another port if the chosen one was taken meanwhile.
+    pub fn start_with(make: impl Fn(u16) -> String) -> Daemon {
+        Launch::new(make).start()
     }
 
     pub fn stderr(&self) -> String {
@@ -226,58 +318,13 @@ pub fn svc_parse_info(reply: &str) -> std::collections::HashMap<String, String> 
 impl Daemon {
     /// Like `start`, with extra environment variables for the daemon.
     pub fn start_env(extra: &str, env: &[(&str, &str)]) -> Daemon {
-        Daemon::start_with_env(|port| svc_config(port, extra), env)
+        Launch::new(|port| svc_config(port, extra)).env(env).start()
     }
 
     /// Like `start_with`, with extra environment variables for the daemon;
     /// retries on another port if the chosen one was taken meanwhile.
     pub fn start_with_env(make: impl Fn(u16) -> String, env: &[(&str, &str)]) -> Daemon {
-        let mut last = String::new();
-        for _ in 0..5 {
-            let dir = tempfile::tempdir().expect("temporary folder");
-            let port = free_port();
-            let config = dir.path().join("taskd.toml");
-            std::fs::write(&config, make(port)).expect("write config");
-            let mut cmd = Command::new(BIN);
-            cmd.arg("--config")
-                .arg(&config)
-                .current_dir(dir.path())
-                .env("RUST_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(
-                    std::fs::File::create(dir.path().join("stderr.log")).expect("stderr log"),
-                ));
-            for (k, v) in env {
-                cmd.env(k, v);
-            }
-            let mut child = cmd.spawn().expect("start taskd");
-            let tcp: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if let Ok(Some(status)) = child.try_wait() {
-                    last = format!(
-                        "taskd exited with {status}: {}",
-                        std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
-                    );
-                    break;
-                }
-                if TcpStream::connect_timeout(&tcp, Duration::from_millis(200)).is_ok() {
-                    return Daemon {
-                        child,
-                        dir,
-                        port,
-                        tcp,
-                        udp: tcp,
-                        config,
-                    };
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("taskd did not start: {last}");
+        Launch::new(make).env(env).start()
     }
 
     /// Sends `sig` (libc::SIGTERM, SIGHUP, ...) to the daemon.
@@ -529,4 +576,157 @@ pub fn abuse_cpu_secs(pid: u32) -> f64 {
     // SAFETY: sysconf only reads a system constant.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     (ticks(14) + ticks(15)) as f64 / hz.max(1) as f64
+}
+
+/// xorshift64*: reproducible pseudo-random numbers without a dependency
+/// (random garbage in tests/abuse.rs, the request mix in tests/soak.rs).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+// ---- case files
+// The `REQUEST <tab> => <tab> REPLY` files of tests/cases (line-protocol.txt,
+// the product contract's examples, for tests/cases.rs; bad-inputs.txt, the
+// hostile-input corpus, for tests/abuse.rs) and how a reply is compared with
+// what they expect.
+
+/// One case of a case file.
+pub struct Case {
+    /// The case file's name, for messages.
+    pub file: String,
+    /// Line number in the case file, for messages.
+    pub line: usize,
+    /// The request as sent, its escapes decoded.
+    pub request: Vec<u8>,
+    pub expected: String,
+}
+
+impl Case {
+    /// `file:line "request"`, for messages.
+    pub fn shown(&self) -> String {
+        format!(
+            "{}:{} {:?}",
+            self.file,
+            self.line,
+            String::from_utf8_lossy(&self.request)
+        )
+    }
+}
+
+/// Decodes the escapes of a case file's requests: `\t`, `\r`, `\\` and
+/// `\xHH`; any other backslash stands for itself.
+fn unescape(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 1 < b.len() {
+            let simple = match b[i + 1] {
+                b't' => Some(b'\t'),
+                b'r' => Some(b'\r'),
+                b'\\' => Some(b'\\'),
+                _ => None,
+            };
+            if let Some(c) = simple {
+                out.push(c);
+                i += 2;
+                continue;
+            }
+            if b[i + 1] == b'x'
+                && let Some(hex) = s.get(i + 2..i + 4)
+                && let Ok(v) = u8::from_str_radix(hex, 16)
+            {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+/// The cases of the case file at `path`.
+pub fn read_cases(path: &str) -> Vec<Case> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let name = std::path::Path::new(path)
+        .file_name()
+        .map_or(path.into(), |n| n.to_string_lossy());
+    parse_cases(&name, &text)
+}
+
+/// The cases of `text`, the case file `file`. A case is any line with a
+/// tab-separated `=>`, also one whose request starts with `#id`; other lines
+/// are comments (`#`) or blank.
+pub fn parse_cases(file: &str, text: &str) -> Vec<Case> {
+    text.lines()
+        .enumerate()
+        .filter_map(|(i, l)| match l.split_once("\t=>\t") {
+            Some(pair) => Some((i, pair)),
+            None => {
+                assert!(
+                    l.starts_with('#') || l.trim().is_empty(),
+                    "{file}:{}: neither a case nor a comment: {l:?}",
+                    i + 1
+                );
+                None
+            }
+        })
+        .map(|(i, (req, exp))| {
+            let request = unescape(req);
+            assert!(
+                !request.contains(&b'\n'),
+                "{file}:{}: a request is one line",
+                i + 1
+            );
+            Case {
+                file: file.to_string(),
+                line: i + 1,
+                request,
+                expected: exp.to_string(),
+            }
+        })
+        .collect()
+}
+
+/// Compares JSON values, where the expected string "*" matches any string
+/// and numbers match by value and by spelling.
+fn json_matches(expected: &serde_json::Value, got: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (expected, got) {
+        (Value::String(e), Value::String(_)) if e == "*" => true,
+        (Value::Object(e), Value::Object(g)) => {
+            e.len() == g.len()
+                && e.iter()
+                    .all(|(k, v)| g.get(k).is_some_and(|gv| json_matches(v, gv)))
+        }
+        (Value::Number(e), Value::Number(g)) => e.as_f64() == g.as_f64() && e.to_string() == g.to_string(),
+        _ => expected == got,
+    }
+}
+
+/// Whether a reply line matches a case's expectation: JSON as JSON, text
+/// exactly, or up to a free-text message written `*`.
+pub fn reply_matches(expected: &str, got: &str) -> bool {
+    if expected.starts_with('{') {
+        let e: serde_json::Value = serde_json::from_str(expected).expect("expected JSON");
+        return serde_json::from_str(got).is_ok_and(|g| json_matches(&e, &g));
+    }
+    match expected.strip_suffix(" *") {
+        // Only the code is fixed; the message is free text.
+        Some(prefix) => got.starts_with(&format!("{prefix} ")) && got.len() > prefix.len() + 1,
+        None => got == expected,
+    }
 }
