@@ -11,6 +11,12 @@
 //! Costs are rounded up to a power of two (the cost class) and the incoming
 //! queue keeps one FIFO per class, so a push is O(1) and a pick compares at
 //! most 64 class heads, whatever the number of queued tasks.
+//!
+//! Arrivals are kept as integer stamps from a base instant, with each class
+//! head's stamp and arrival number in flat arrays, and `now` is converted
+//! once per call: comparing a head under hrrn is a few integer and
+//! floating-point instructions (exact, see `policy::pick_hrrn`) without a
+//! branch, not `Instant` arithmetic.
 
 mod cost;
 mod policy;
@@ -24,7 +30,7 @@ use std::time::Instant;
 pub use cost::cost_class;
 pub use policy::Policy;
 
-use queues::{ClassQueues, Entry};
+use queues::ClassQueues;
 
 /// Incoming queue, long-term scheduler and ready queue for tasks of type `T`.
 #[derive(Debug)]
@@ -80,14 +86,7 @@ impl<T> Scheduler<T> {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.incoming.push(
-            cost_class(cost),
-            Entry {
-                task,
-                seq,
-                arrival: now,
-            },
-        );
+        self.incoming.push(cost_class(cost), task, seq, now);
         Ok(())
     }
 
@@ -96,16 +95,28 @@ impl<T> Scheduler<T> {
     /// best-scored task (under the policy, at `now`) to the ready queue.
     /// Returns how many moved.
     pub fn admit(&mut self, now: Instant) -> usize {
+        let room = self.ready_capacity.saturating_sub(self.ready.len());
+        let count = room.min(self.incoming.len());
+        if count == 0 {
+            return 0;
+        }
+        // `now` converted once for the whole round, not once per head.
+        let now_at = match self.policy {
+            Policy::Hrrn => self.incoming.stamp_of(now),
+            Policy::Sjf | Policy::Fifo => None,
+        };
         let mut moved = 0;
-        while self.ready.len() < self.ready_capacity {
-            let Some(class) = self.policy.pick(&self.incoming, now) else {
+        while moved < count {
+            // The queue is non-empty here, so pick names a non-empty class
+            // and the pop succeeds.
+            let Some(task) = self
+                .policy
+                .pick(&self.incoming, now, now_at)
+                .and_then(|class| self.incoming.pop(class))
+            else {
                 break;
             };
-            // pick only names non-empty classes, so this pop always succeeds.
-            let Some(entry) = self.incoming.pop(class) else {
-                break;
-            };
-            self.ready.push_back(entry.task);
+            self.ready.push_back(task);
             moved += 1;
         }
         moved
@@ -133,7 +144,7 @@ impl<T> Scheduler<T> {
     pub fn drain_all(&mut self) -> Vec<T> {
         let mut all: Vec<T> = Vec::with_capacity(self.ready.len() + self.incoming.len());
         all.extend(self.ready.drain(..));
-        all.extend(self.incoming.drain().into_iter().map(|e| e.task));
+        all.extend(self.incoming.drain());
         all
     }
 }

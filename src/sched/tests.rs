@@ -458,3 +458,164 @@ proptest! {
         prop_assert_eq!(popped.clone(), (0..popped.len()).collect::<Vec<_>>());
     }
 }
+
+// ---- the stamped fast path against `Instant` arithmetic ----
+
+fn at_ns(base: Instant, nanos: u64) -> Instant {
+    base + Duration::from_nanos(nanos)
+}
+
+#[test]
+fn hrrn_waits_are_floored_whole_microseconds_of_the_difference() {
+    let base = Instant::now();
+    // b: cost 2 at 0 ns; a: cost 1 at 900 ns. At 2,100 ns a has waited
+    // 1,200 ns = 1 us (not 2 - 0 = 2 whole microseconds of the clock):
+    // a = (1 + 1) / 1 = 2 and b = (2 + 2) / 2 = 2, a tie for b.
+    let mut s = Scheduler::new(Policy::Hrrn, 10, 1);
+    s.push('b', 2, at_ns(base, 0)).unwrap();
+    s.push('a', 1, at_ns(base, 900)).unwrap();
+    assert_eq!(order(&mut s, at_ns(base, 2_100)), vec!['b', 'a']);
+    // At 2,899 ns still 1 us for a; at 2,900 ns a has waited 2 us: 3 > 2.
+    for (now, first) in [(2_899, 'b'), (2_900, 'a')] {
+        let mut s = Scheduler::new(Policy::Hrrn, 10, 1);
+        s.push('b', 2, at_ns(base, 0)).unwrap();
+        s.push('a', 1, at_ns(base, 900)).unwrap();
+        assert_eq!(order(&mut s, at_ns(base, now))[0], first, "at {now} ns");
+    }
+}
+
+#[test]
+fn hrrn_arrivals_centuries_apart_stay_exact() {
+    const CENTURIES: u64 = 3 * 100 * 365 * 86_400;
+    let base = Instant::now();
+    let far = base + Duration::from_secs(CENTURIES);
+    // Both sides of the stamp range: arrivals over a century after the
+    // first one, and a clock over a century past every arrival.
+    let mut s = Scheduler::new(Policy::Hrrn, 10, 1);
+    s.push(0, 1 << 20, base).unwrap();
+    s.push(1, 1, far).unwrap();
+    s.push(2, 1, far + Duration::from_micros(5)).unwrap();
+    // At far + 10 us: 0 has a ratio of about 9e9, 1 of 11, 2 of 6.
+    assert_eq!(order(&mut s, far + Duration::from_micros(10)), vec![0, 1, 2]);
+
+    let mut s = Scheduler::new(Policy::Hrrn, 10, 1);
+    s.push(0, 1 << 40, base).unwrap();
+    s.push(1, 1 << 39, base + Duration::from_micros(1)).unwrap();
+    s.push(2, 1, base + Duration::from_micros(2)).unwrap();
+    // Three centuries, ~9.5e15 us: (9.5e15 + 2^39) / 2^39 ~ 17,000 < 9.5e15.
+    assert_eq!(order(&mut s, far), vec![2, 1, 0]);
+
+    // Arrivals centuries before the first one (a clock going backwards).
+    let mut s = Scheduler::new(Policy::Hrrn, 10, 1);
+    s.push(0, 1, far).unwrap();
+    s.push(1, 2, base).unwrap();
+    s.push(2, 4, base).unwrap();
+    assert_eq!(order(&mut s, far), vec![1, 2, 0]);
+}
+
+/// The original ranking, straight from `Instant`s: the wait is
+/// `saturating_duration_since(..).as_micros()`, clamped to u64::MAX, and
+/// ratios are compared by u128 cross products. Only the first queued task
+/// of each class competes: with a clock that goes backwards a later task of
+/// a class may have an earlier arrival, and it still waits its turn.
+fn instant_model_pick(policy: Policy, tasks: &[(usize, u32, Instant)], now: Instant) -> Option<usize> {
+    let ratio = |&(_, class, arrival): &(usize, u32, Instant)| {
+        let cost = 1u128 << class;
+        let wait = now
+            .saturating_duration_since(arrival)
+            .as_micros()
+            .min(u128::from(u64::MAX));
+        (wait + cost, cost)
+    };
+    let mut best: Option<usize> = None;
+    let mut seen = 0u64;
+    for (i, t) in tasks.iter().enumerate() {
+        if seen & (1 << t.1) != 0 {
+            continue;
+        }
+        seen |= 1 << t.1;
+        // `tasks` is in arrival order, so only strictly better replaces.
+        let better = best.is_none_or(|b| {
+            let b = &tasks[b];
+            match policy {
+                Policy::Fifo => false,
+                Policy::Sjf => t.1 < b.1,
+                Policy::Hrrn => {
+                    let ((tn, td), (bn, bd)) = (ratio(t), ratio(b));
+                    tn * bd > bn * td
+                }
+            }
+        });
+        if better {
+            best = Some(i);
+        }
+    }
+    best
+}
+
+/// Ops for `run_ns_ops`: pushes at nanosecond-resolution times, admits,
+/// and clock moves of every size in both directions, some over a century.
+fn run_ns_ops(policy: Policy, ready_cap: usize, raw: &[(u8, u64)]) {
+    const CENTURY_NS: u64 = 100 * 365 * 86_400 * 1_000_000_000;
+    // Far enough from the machine's clock origin to go back centuries.
+    let origin = Instant::now() + Duration::from_secs(1_000 * 365 * 86_400);
+    let mut now = origin;
+    let mut s = Scheduler::new(policy, usize::MAX, ready_cap);
+    let mut model: Vec<(usize, u32, Instant)> = Vec::new();
+    let mut pushed = 0;
+    for &(kind, x) in raw {
+        let step = match (kind >> 4) % 8 {
+            0 => x % 1_000,
+            1 => x % 5_000,
+            2 => x % 1_000_000,
+            3 => x % 10_000_000_000,
+            4 => x % 1_000_000_000_000_000,
+            5 => CENTURY_NS + x % (2 * CENTURY_NS),
+            _ => x % 3_000,
+        };
+        match kind % 8 {
+            0..=2 => {
+                let cost = match x % 3 {
+                    0 => x % 4,
+                    1 => x % 5_000_000,
+                    _ => x >> (x % 64),
+                };
+                s.push(pushed, cost, now).unwrap();
+                model.push((pushed, cost_class(cost), now));
+                pushed += 1;
+            }
+            3 | 4 => {
+                if policy == Policy::Hrrn
+                    && let Some((slow, fast)) = policy::pick_hrrn_paths(&mut s.incoming, now)
+                {
+                    assert!(fast.is_none_or(|f| f == slow), "fast {fast:?} slow {slow}");
+                }
+                let n = s.admit(now);
+                assert_eq!(n, ready_cap.min(model.len()));
+                for _ in 0..n {
+                    let i = instant_model_pick(policy, &model, now).unwrap();
+                    assert_eq!(s.pop_ready(), Some(model.remove(i).0));
+                }
+                assert_eq!(s.pop_ready(), None);
+            }
+            5 => now = now.checked_sub(Duration::from_nanos(step)).unwrap_or(now),
+            _ => now += Duration::from_nanos(step),
+        }
+        assert_eq!(s.incoming_len(), model.len());
+    }
+    let rest = s.drain_all();
+    assert_eq!(rest, model.iter().map(|t| t.0).collect::<Vec<_>>());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn stamped_picks_match_instant_arithmetic(
+        policy in policy_strategy(),
+        ready_cap in 1usize..4,
+        raw in prop::collection::vec(any::<(u8, u64)>(), 0..200),
+    ) {
+        run_ns_ops(policy, ready_cap, &raw);
+    }
+}
