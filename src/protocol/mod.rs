@@ -122,6 +122,19 @@ pub struct Rejection {
 }
 
 impl Rejection {
+    /// A line over `max_line_bytes`: no id is echoed (SPEC section 1), and
+    /// the answer is JSON when the line started with `{`.
+    pub fn too_long(json: bool, max: usize) -> Rejection {
+        Rejection {
+            id: None,
+            user: None,
+            op: None,
+            json,
+            code: Code::TooLong,
+            message: format!("line longer than max_line_bytes ({max})"),
+        }
+    }
+
     /// The answer to any request while the daemon drains: the request's id
     /// and user as far as they could be parsed, so the client can tell which
     /// request was refused.

@@ -295,15 +295,7 @@ impl Server {
             None => return false,
             Some(Frame::TooLong { json }) => {
                 c.last_active = now;
-                let rej = Rejection {
-                    id: None,
-                    user: None,
-                    op: None,
-                    json,
-                    code: Code::TooLong,
-                    message: format!("line longer than max_line_bytes ({max})"),
-                };
-                self.answer_rejection(key, &rej);
+                self.answer_rejection(key, &Rejection::too_long(json, max));
             }
             Some(Frame::Line(line)) => {
                 if !protocol::is_blank(line) {

@@ -132,14 +132,7 @@ impl Server {
             let mut reply = Vec::new();
             if line.len() > max {
                 let json = protocol::first_non_blank(line) == Some(b'{');
-                let rej = Rejection {
-                    id: None,
-                    user: None,
-                    op: None,
-                    json,
-                    code: Code::TooLong,
-                    message: format!("line longer than max_line_bytes ({max})"),
-                };
+                let rej = Rejection::too_long(json, max);
                 self.record(Answered::rejected(Proto::Udp, &peer, &rej));
                 write_err(&mut reply, None, json, Code::TooLong, &rej.message);
                 self.udp_fill(key, batch_id, i, reply);
