@@ -8,8 +8,13 @@
 //! (text and JSON) decide the domain while validating the grammar. Every transport (line
 //! protocol, UDP, HTTP, JSON) goes through here so they all agree on digits and errors.
 
+#[cfg(test)]
+mod bench;
+mod fast;
 mod format;
 mod parse;
+#[cfg(test)]
+mod reference;
 
 pub use parse::{count_text_values, parse_json_values, parse_text_list};
 

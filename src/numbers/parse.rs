@@ -3,50 +3,22 @@
 //! Lines can be 8 MB of numbers, and the worker parses them, so this is a hand-written
 //! single-pass scanner over bytes: no UTF-8 validation of the line, no allocation per value,
 //! digits read eight at a time, and integers and short decimals never reach the (much slower)
-//! general float parser. The event loop counts values with
-//! [`count_text_values`] before any parsing (for `too-many` and the scheduling cost); the
-//! tokenizer here uses the same separator set, so on valid input the two agree.
+//! general float parser. This file defines the grammar and every error; the bulk of a long
+//! list (integers, short decimals, blanks and single commas) is taken 64 bytes at a time by
+//! the fast loop in `fast.rs`, which stops wherever anything else begins and leaves it to the
+//! scanner here. The event loop counts values with [`count_text_values`] before any parsing
+//! (for `too-many` and the scheduling cost); the tokenizer here uses the same separator set,
+//! so on valid input the two agree.
 
+use crate::numbers::fast::{
+    EXACT_POW10, Isa, POW10, SLACK, ZEROS, count_values, digit_run, eight_digits, fast_ints, is_sep, is_ws,
+};
 use crate::numbers::{ValueError, Values};
-
-/// Bytes that separate values; everything else belongs to a value token.
-#[inline(always)]
-fn is_sep(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b',' | b'[' | b']')
-}
-
-#[inline(always)]
-fn is_ws(b: u8) -> bool {
-    b == b' ' || b == b'\t'
-}
 
 /// Counts values of a list argument the way the event loop does BEFORE parsing: the number of
 /// maximal runs of bytes that are not space, tab, ',', '[' or ']'.
 pub fn count_text_values(args: &[u8]) -> usize {
-    // A value starts at every non-separator whose predecessor is a separator (or the line
-    // start). Working on 64-byte blocks of 0/1 bytes lets the compiler vectorize both the
-    // classification and the count (several GB/s instead of ~400 MB/s byte by byte), which
-    // matters because the event loop counts 8 MB lines inline. A block holds at most 32
-    // starts, so the u8 counter cannot overflow.
-    let mut count = 0usize;
-    let mut prev = 1u8;
-    let mut blocks = args.chunks_exact(64);
-    for block in &mut blocks {
-        let sep: [u8; 64] = std::array::from_fn(|k| u8::from(is_sep(block[k])));
-        let mut starts = (sep[0] ^ 1) & prev;
-        for k in 1..64 {
-            starts += (sep[k] ^ 1) & sep[k - 1];
-        }
-        count += usize::from(starts);
-        prev = sep[63];
-    }
-    let mut prev = prev == 1;
-    for &b in blocks.remainder() {
-        let sep = is_sep(b);
-        count += usize::from(prev && !sep);
-        prev = sep;
-    }
-    count
+    count_values(args, Isa::detect())
 }
 
 /// What a value token turned out to be.
@@ -68,41 +40,6 @@ fn word_at(b: &[u8], i: usize) -> Option<u64> {
     Some(u64::from_le_bytes(chunk))
 }
 
-/// For a word XORed with b'0' in every byte: the number of leading (lowest-address) bytes
-/// that were ASCII digits. A byte was a digit iff it is now below 10; adding 0x76 sets the high
-/// bit of bytes 10..=0x89 and OR-ing in the byte itself catches the rest. Carries only run
-/// towards later bytes, so the first flagged byte is always right.
-#[inline(always)]
-fn digit_run(x: u64) -> u32 {
-    let non_digit = (x.wrapping_add(0x7676_7676_7676_7676) | x) & 0x8080_8080_8080_8080;
-    non_digit.trailing_zeros() / 8
-}
-
-/// The value of 8 digit bytes (already XORed with b'0', first digit in the lowest byte):
-/// the SWAR reduction used by fast_float/simdjson, pairs, then quads, then the whole word.
-#[inline(always)]
-fn eight_digits(x: u64) -> u64 {
-    const MASK: u64 = 0x0000_00FF_0000_00FF;
-    const MUL1: u64 = 0x000F_4240_0000_0064; // 100 + (1_000_000 << 32)
-    const MUL2: u64 = 0x0000_2710_0000_0001; // 1 + (10_000 << 32)
-    let x = x.wrapping_mul(10).wrapping_add(x >> 8);
-    let hi = (x & MASK).wrapping_mul(MUL1);
-    let lo = ((x >> 16) & MASK).wrapping_mul(MUL2);
-    u64::from((hi.wrapping_add(lo) >> 32) as u32)
-}
-
-const POW10: [u64; 9] = [
-    1,
-    10,
-    100,
-    1_000,
-    10_000,
-    100_000,
-    1_000_000,
-    10_000_000,
-    100_000_000,
-];
-
 /// Reads a run of ASCII digits from `i` into `acc`, 8 at a time where the line allows.
 /// Returns the end of the run and whether `acc` overflowed (then its value is meaningless,
 /// but the run is still consumed so the token's extent is right).
@@ -111,7 +48,7 @@ fn digits(b: &[u8], mut i: usize, acc: &mut u64) -> (usize, bool) {
     let mut overflow = false;
     // Eight bytes at a time: most numbers take one step and no per-digit branch.
     while let Some(w) = word_at(b, i) {
-        let x = w ^ 0x3030_3030_3030_3030;
+        let x = w ^ ZEROS;
         let n = digit_run(x);
         if n == 0 {
             return (i, overflow);
@@ -143,12 +80,6 @@ fn digits(b: &[u8], mut i: usize, acc: &mut u64) -> (usize, bool) {
     }
     (i, overflow)
 }
-
-/// Powers of ten that are exact doubles, for Clinger's fast path.
-const EXACT_POW10: [f64; 23] = [
-    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18,
-    1e19, 1e20, 1e21, 1e22,
-];
 
 /// Scans the value starting at `start` and returns what it is and where its token ends. The
 /// token is the maximal run of non-separators, so an invalid value's end is still the place
@@ -255,7 +186,7 @@ fn parse_f64(text: &[u8]) -> Option<f64> {
 /// Quotes a piece of request text for an error message: at most 32 bytes, and anything that
 /// could garble a reply line or a log (control bytes, non-ASCII, the quote and the backslash
 /// themselves) as \xNN.
-fn quote(text: &[u8]) -> String {
+pub(super) fn quote(text: &[u8]) -> String {
     const MAX: usize = 32;
     let shown = &text[..text.len().min(MAX)];
     let mut s = String::with_capacity(shown.len() + 8);
@@ -284,9 +215,9 @@ fn out_of_range(pos: usize, text: &[u8]) -> ValueError {
 
 /// Collects values as integers until the first one that is not, then as doubles.
 struct Acc {
+    /// Allocated for the final count (or an estimate of it): a switch to doubles keeps the
+    /// capacity, so it allocates once.
     values: Values,
-    /// The final count (or an upper bound), so a switch to doubles allocates once.
-    capacity: usize,
     /// The first value that overflowed a double. Reported only at the end, because a
     /// malformed value anywhere (`parse`) outranks an out-of-range one (`range`).
     range_error: Option<ValueError>,
@@ -296,7 +227,6 @@ impl Acc {
     fn new(capacity: usize) -> Self {
         Acc {
             values: Values::Ints(Vec::with_capacity(capacity)),
-            capacity,
             range_error: None,
         }
     }
@@ -314,7 +244,7 @@ impl Acc {
             self.range_error = Some(out_of_range(pos, text));
         }
         if let Values::Ints(ints) = &self.values {
-            let mut floats = Vec::with_capacity(self.capacity.max(ints.len() + 1));
+            let mut floats = Vec::with_capacity(ints.capacity().max(ints.len() + 1));
             floats.extend(ints.iter().map(|&v| v as f64));
             self.values = Values::Floats(floats);
         }
@@ -336,6 +266,27 @@ impl Acc {
             Scan::Invalid => return Err(not_a_number(pos, text)),
         }
         Ok(())
+    }
+
+    /// Makes sure the fast loop has its SLACK spare slots, `i` bytes into a line of `len`
+    /// bytes that held `n` values so far: room for the rest of the line at the density so
+    /// far, plus an eighth (never more than the rest could hold), when the estimate the
+    /// parse started with runs out.
+    fn room_for_rest(&mut self, len: usize, i: usize, n: usize) {
+        let spare = match &self.values {
+            Values::Ints(v) => v.capacity() - v.len(),
+            Values::Floats(v) => v.capacity() - v.len(),
+        };
+        if spare >= SLACK {
+            return;
+        }
+        let rest = len - i;
+        let estimate = (rest as u128 * (n as u128 + 1) / i.max(1) as u128) as usize;
+        let additional = (estimate + estimate / 8).min(rest / 2 + 1) + SLACK;
+        match &mut self.values {
+            Values::Ints(v) => v.reserve(additional),
+            Values::Floats(v) => v.reserve(additional),
+        }
     }
 
     fn finish(self) -> Result<Values, ValueError> {
@@ -375,14 +326,38 @@ fn place(n: usize) -> String {
     }
 }
 
+/// Lines up to twice this long are counted exactly; longer ones are estimated from this
+/// many bytes at their start.
+const SAMPLE: usize = 16 * 1024;
+
+/// How many values to allocate for: the count for short lines. For a long line a second pass
+/// counting all values would cost a tenth of the parse, so the density of its start stands
+/// for the whole, plus an eighth (never more than the line could hold: a byte and a
+/// separator per value). Lists are rarely denser further on; when one is,
+/// [`Acc::room_for_rest`] makes more room.
+fn expected_values(args: &[u8], isa: Isa) -> usize {
+    if args.len() <= 2 * SAMPLE {
+        return count_values(args, isa);
+    }
+    let head = count_values(&args[..SAMPLE], isa);
+    let estimate = (args.len() as u128 * head as u128 / SAMPLE as u128) as usize;
+    (estimate + estimate / 8 + 1).min(args.len() / 2 + 1)
+}
+
 /// Parses the argument text of a list op (everything after the op name, may be empty, may
 /// contain arbitrary bytes incl. non-UTF-8). See SPEC section 1, "Values": values separated by
 /// spaces/tabs and/or a single comma with optional spaces around it, optionally one pair of
 /// square brackets around the whole list. All integers within i64 give [`Values::Ints`],
 /// anything else [`Values::Floats`]; zero values give an empty `Values::Ints`.
 pub fn parse_text_list(args: &[u8]) -> Result<Values, ValueError> {
-    // Counting first costs one fast pass and makes the output exactly one allocation.
-    let mut acc = Acc::new(count_text_values(args));
+    parse_text_with(args, Isa::detect())
+}
+
+/// [`parse_text_list`] with the given instruction set, which the tests vary.
+pub(super) fn parse_text_with(args: &[u8], isa: Isa) -> Result<Values, ValueError> {
+    // One allocation for the output as a rule, with the SLACK spare slots the fast loop
+    // wants at the end.
+    let mut acc = Acc::new(expected_values(args, isa) + SLACK);
     let mut i = skip_ws(args, 0);
     let bracketed = args.get(i) == Some(&b'[');
     if bracketed {
@@ -390,6 +365,7 @@ pub fn parse_text_list(args: &[u8]) -> Result<Values, ValueError> {
     }
     let mut n = 0usize;
     let mut after_comma = false;
+    let (mut skip_fast, mut fast_backoff) = (0u32, 1u32);
     loop {
         i = skip_ws(args, i);
         let Some(&c) = args.get(i) else {
@@ -434,7 +410,29 @@ pub fn parse_text_list(args: &[u8]) -> Result<Values, ValueError> {
             }
             _ => {
                 // A value token always ends at a separator, so reaching another value here
-                // means whitespace or a comma came between them: no check needed.
+                // means whitespace or a comma came between them: no check needed. Most
+                // values are taken many at a time by the fast loop, which stops right after
+                // a value, before anything it leaves to this loop.
+                if skip_fast == 0 {
+                    acc.room_for_rest(args.len(), i, n);
+                    let (before, stop) = match &mut acc.values {
+                        Values::Ints(out) => (out.len(), fast_ints(args, i, out, isa)),
+                        Values::Floats(out) => (out.len(), fast_ints(args, i, out, isa)),
+                    };
+                    if stop > i {
+                        n += acc.values.len() - before;
+                        i = stop;
+                        after_comma = false;
+                        fast_backoff = 1;
+                        continue;
+                    }
+                    // Values the fast loop does not take tend to come in runs (long
+                    // doubles): try again after 1, 2, 4, ... 64 values.
+                    skip_fast = fast_backoff;
+                    fast_backoff = (fast_backoff * 2).min(64);
+                } else {
+                    skip_fast -= 1;
+                }
                 n += 1;
                 let (scan, end) = scan_value(args, i);
                 acc.push_scanned(scan, n, &args[i..end])?;
