@@ -15,7 +15,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 
 use crate::config::ListenerConfig;
-use crate::protocol::head::valid_user;
+use crate::protocol::Name;
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -93,7 +93,7 @@ pub fn certificate_user(cert: &CertificateDer) -> Option<String> {
             .ok()?
             .to_string(),
     };
-    valid_user(name.as_bytes()).then_some(name)
+    Name::user(name.as_bytes()).is_some().then_some(name)
 }
 
 #[cfg(test)]

@@ -378,11 +378,11 @@ fn error_statuses_of_spec_2() {
 
     // Wrong methods: 405 with Allow.
     for (r, what, allow) in [
-        (api.post("/healthz", ""), "POST /healthz", "GET"),
-        (api.post("/pi", ""), "POST /pi", "GET"),
-        (api.put("/metrics"), "PUT /metrics", "GET"),
-        (api.delete("/statistics"), "DELETE /statistics", "GET"),
-        (api.delete("/v1/max"), "DELETE /v1/max", "GET, POST"),
+        (api.post("/healthz", ""), "POST /healthz", "GET, HEAD"),
+        (api.post("/pi", ""), "POST /pi", "GET, HEAD"),
+        (api.put("/metrics"), "PUT /metrics", "GET, HEAD"),
+        (api.delete("/statistics"), "DELETE /statistics", "GET, HEAD"),
+        (api.delete("/v1/max"), "DELETE /v1/max", "GET, HEAD, POST"),
     ] {
         assert_error(&r, 405, "method", what);
         let got: Vec<&str> = r

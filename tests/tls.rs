@@ -663,11 +663,12 @@ fn https_with_mutual_tls_counts_requests_for_the_certificate_user() {
         (resp.status, resp.json()),
         (200, json!({"ok": true, "result": 3}))
     );
+    // The certificate is the identity: naming someone else is denied.
     let resp = https_ask(&mut r, &http_get("/v1/sum?values=1,2&username=bob"));
-    assert_eq!(
-        (resp.status, resp.json()),
-        (200, json!({"ok": true, "result": 3}))
-    );
+    assert_eq!(resp.status, 403, "{}", resp.text());
+    assert_eq!(resp.json()["error"], "denied");
+    let resp = https_ask(&mut r, &http_get("/v1/sum?values=1,2&username=client-7"));
+    assert_eq!(resp.status, 200, "{}", resp.text());
     let resp = https_ask(&mut r, &http_get("/statistics"));
     assert_eq!(resp.status, 200, "{}", resp.text());
     let mut stats: Vec<(String, u64)> = resp
@@ -683,7 +684,7 @@ fn https_with_mutual_tls_counts_requests_for_the_certificate_user() {
         })
         .collect();
     stats.sort();
-    assert_eq!(stats, vec![("bob".to_string(), 1), ("client-7".to_string(), 1)]);
+    assert_eq!(stats, vec![("client-7".to_string(), 2)]);
 
     // Without a client certificate there is no HTTP at all.
     let mut config = (*client_config(&[ca.der()], None)).clone();
@@ -712,14 +713,21 @@ fn mutual_tls_attributes_requests_to_the_certificate_and_refuses_others() {
     let d = start_tls("tls", &ca, Some(&clients));
     let roots = [ca.der()];
 
-    // The first DNS SAN names the user; @user still wins.
+    // The first DNS SAN names the user, and is the identity: another
+    // @user is denied (allow_user_override is off by default).
     let seven = clients.client(&["client-7", "second-name"], Some("cn-ignored"));
     let mut c7 = LineTls::connect(d.tcp, client_config(&roots, Some(&seven)));
     assert_eq!(c7.ask("sum 1 2"), "OK 3");
-    assert_eq!(c7.ask("@bob sum 1 2"), "OK 3");
+    let denied = c7.ask("#b @bob sum 1 2");
+    assert!(denied.starts_with("#b ERR denied "), "{denied}");
+    assert_eq!(c7.ask("@client-7 sum 1 2"), "OK 3");
     let users = user_counts(&c7.ask("users"));
-    assert_eq!(users.get("client-7"), Some(&2), "sum and users itself: {users:?}");
-    assert_eq!(users.get("bob"), Some(&1), "{users:?}");
+    assert_eq!(
+        users.get("client-7"),
+        Some(&3),
+        "two sums and users itself: {users:?}"
+    );
+    assert_eq!(users.get("bob"), None, "{users:?}");
     assert!(!users.contains_key("anonymous"), "{users:?}");
     let failures_before = tls_failures(&c7.info());
 
@@ -777,8 +785,8 @@ fn mutual_tls_attributes_requests_to_the_certificate_and_refuses_others() {
     assert_eq!(users.get("anonymous"), Some(&1), "{users:?}");
     assert_eq!(
         users.get("client-7"),
-        Some(&5),
-        "sum, users, info, ping, info: {users:?}"
+        Some(&6),
+        "two sums, users, info, ping, info: {users:?}"
     );
     assert!(!users.contains_key("not a user"), "{users:?}");
 }

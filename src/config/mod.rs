@@ -392,6 +392,9 @@ pub struct ListenerConfig {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub client_ca: Option<PathBuf>,
+    /// Mutual TLS: whether `@user` may name someone other than the client
+    /// certificate.
+    pub allow_user_override: bool,
     /// Where it was defined: `"path:line"`, `"path:line (servers.csv)"` or
     /// `"embedded default"`.
     pub origin: String,

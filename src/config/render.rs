@@ -164,6 +164,9 @@ fn write_listener(o: &mut String, cfg: &Config, l: &ListenerConfig) -> std::fmt:
     if l.proto.is_tls() && l.client_ca.is_none() {
         writeln!(o, "# client_ca: not set, no client certificates asked for")?;
     }
+    if l.proto.is_tls() {
+        writeln!(o, "allow_user_override = {}", l.allow_user_override)?;
+    }
     Ok(())
 }
 

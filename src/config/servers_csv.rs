@@ -93,6 +93,7 @@ pub(super) fn import(
                 cert: None,
                 key: None,
                 client_ca: None,
+                allow_user_override: false,
                 origin: format!("{at}{ORIGIN_SUFFIX}"),
             });
         }

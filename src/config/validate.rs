@@ -570,6 +570,12 @@ fn listener(c: &mut Checker<'_>, raw: &Spanned<RawListener>, bases: &Bases) -> O
                     );
                 }
             }
+            if let Some(v) = &l.allow_user_override {
+                c.err(
+                    &v.span(),
+                    format!("`allow_user_override` in {t} is for tls and https listeners only, not {p}"),
+                );
+            }
         }
     }
     if c.errors.len() > before {
@@ -585,6 +591,7 @@ fn listener(c: &mut Checker<'_>, raw: &Spanned<RawListener>, bases: &Bases) -> O
         cert,
         key,
         client_ca,
+        allow_user_override: bool_or(&l.allow_user_override, false),
         origin: c.src.origin(&at),
     })
 }

@@ -43,7 +43,7 @@ const MAX_QUEUED_BYTES: usize = 64 << 20;
 
 enum Msg {
     Lines(Vec<u8>),
-    Users(Vec<(String, u64)>),
+    Users(Vec<(std::sync::Arc<str>, u64)>),
     Reopen(LogSettings),
     Shutdown,
 }
@@ -150,7 +150,7 @@ impl FileWriter {
 
     /// A new users.json snapshot to write atomically (the loop calls this at
     /// most once a second when counts changed, and at shutdown).
-    pub fn save_users(&mut self, users: Vec<(String, u64)>) {
+    pub fn save_users(&mut self, users: Vec<(std::sync::Arc<str>, u64)>) {
         if self.tx.send(Msg::Users(users)).is_err() {
             self.thread_gone();
         }

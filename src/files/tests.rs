@@ -208,7 +208,7 @@ fn dev_full_counts_errors_and_keeps_going() {
         "later batches are tried again"
     );
     // users.json is unaffected by the log's failures.
-    w.save_users(vec![("alice".to_owned(), 2)]);
+    w.save_users(vec![("alice".into(), 2)]);
     w.shutdown();
     assert!(Path::new("/dev/full").exists(), "a device is never rotated away");
     assert!(!Path::new("/dev/full.1").exists());
@@ -274,14 +274,14 @@ fn a_line_without_newline_is_ended() {
 fn users_round_trip_and_newest_snapshot_wins() {
     let dir = tempfile::tempdir().unwrap();
     let (mut w, _) = start(dir.path(), 0, 5);
-    w.save_users(vec![("zed".to_owned(), 1)]);
+    w.save_users(vec![("zed".into(), 1)]);
     let users = vec![
         ("Alice".to_owned(), 3),
         ("anonymous".to_owned(), 7),
         ("b\"\\ö\n".to_owned(), u64::MAX),
         ("~other".to_owned(), 1),
     ];
-    w.save_users(users.clone());
+    w.save_users(users.iter().map(|(n, c)| (n.as_str().into(), *c)).collect());
     w.shutdown();
     let path = dir.path().join("state/users.json");
     assert_eq!(load_users(&path).unwrap(), users);
@@ -304,7 +304,7 @@ fn users_json_format() {
         String::from_utf8(users_json(&users)).unwrap(),
         r#"[{"request_count":3,"username":"Alice"},{"request_count":0,"username":"a\"b"},{"request_count":1,"username":"bob"}]"#
     );
-    assert_eq!(users_json(&[]), b"[]");
+    assert_eq!(users_json::<String>(&[]), b"[]");
 }
 
 #[test]

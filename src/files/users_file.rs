@@ -14,9 +14,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The users.json format (same as the `users` op):
 /// `[{"request_count":3,"username":"alice"},...]` sorted by the names' bytes.
-pub fn users_json(users: &[(String, u64)]) -> Vec<u8> {
-    let mut sorted: Vec<&(String, u64)> = users.iter().collect();
-    sorted.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+pub fn users_json<S: AsRef<str>>(users: &[(S, u64)]) -> Vec<u8> {
+    let mut sorted: Vec<&(S, u64)> = users.iter().collect();
+    sorted.sort_unstable_by(|a, b| a.0.as_ref().as_bytes().cmp(b.0.as_ref().as_bytes()));
     let mut out = Vec::with_capacity(2 + users.len() * 48);
     out.push(b'[');
     for (i, (name, count)) in sorted.into_iter().enumerate() {
@@ -27,7 +27,7 @@ pub fn users_json(users: &[(String, u64)]) -> Vec<u8> {
         out.extend_from_slice(count.to_string().as_bytes());
         out.extend_from_slice(b",\"username\":");
         // Writing a &str to a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut out, name);
+        let _ = serde_json::to_writer(&mut out, name.as_ref());
         out.push(b'}');
     }
     out.push(b']');
@@ -100,7 +100,7 @@ pub fn load_users(path: &Path) -> io::Result<Vec<(String, u64)>> {
     Ok(Vec::new())
 }
 
-fn write_tmp(tmp: &Path, users: &[(String, u64)]) -> io::Result<()> {
+fn write_tmp<S: AsRef<str>>(tmp: &Path, users: &[(S, u64)]) -> io::Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -115,7 +115,7 @@ fn write_tmp(tmp: &Path, users: &[(String, u64)]) -> io::Result<()> {
 }
 
 /// Replaces `path` atomically with the snapshot; creates the folder if missing.
-pub(super) fn save_users(path: &Path, users: &[(String, u64)]) -> io::Result<()> {
+pub(super) fn save_users<S: AsRef<str>>(path: &Path, users: &[(S, u64)]) -> io::Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),

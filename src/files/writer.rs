@@ -229,7 +229,7 @@ pub(super) struct Writer {
     log: LogFile,
     users_path: PathBuf,
     /// The newest snapshot not yet written (only the newest matters).
-    users: Option<Vec<(String, u64)>>,
+    users: Option<Vec<(Arc<str>, u64)>>,
     /// `users` arrived since the last attempt (else it is a failed one waiting for a retry).
     users_new: bool,
     users_warn: RateLimited,

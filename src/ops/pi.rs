@@ -5,22 +5,50 @@
 use rand_xoshiro::Xoshiro256PlusPlus;
 use rand_xoshiro::rand_core::{Rng, SeedableRng};
 
-/// How many of `samples` points of the unit square fall in the quarter disc.
+/// One chunk's stream of sample points, resumable: a big chunk runs as a
+/// series of slices (each a job of its own, so small requests are not
+/// held up behind it), carrying this state from one slice to the next.
 ///
-/// One 64-bit draw gives both coordinates as 32-bit integers x and y; the
-/// point is inside when x² + y² < 2^64, i.e. exactly when the u64 addition
-/// of the squares does not overflow. Integer work only, no floats.
-pub fn count_hits(samples: u64, seed: u64) -> u64 {
-    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
-    let mut hits = 0u64;
-    for _ in 0..samples {
-        let r = rng.next_u64();
-        let x = r >> 32;
-        let y = r & 0xffff_ffff;
-        let (_, outside) = (x * x).overflowing_add(y * y);
-        hits += u64::from(!outside);
+/// Running `a` samples and then `b` gives the same hits as running `a + b`
+/// at once whenever `a` is a multiple of [`PiStream::GRANULE`].
+#[derive(Debug, Clone)]
+pub struct PiStream {
+    rng: Xoshiro256PlusPlus,
+}
+
+impl PiStream {
+    /// Slices are cut at multiples of this many samples.
+    pub const GRANULE: u64 = 64;
+
+    pub fn new(seed: u64) -> PiStream {
+        PiStream {
+            rng: Xoshiro256PlusPlus::seed_from_u64(seed),
+        }
     }
-    hits
+
+    /// How many of the next `samples` points of the unit square fall in
+    /// the quarter disc.
+    ///
+    /// One 64-bit draw gives both coordinates as 32-bit integers x and y;
+    /// the point is inside when x² + y² < 2^64, i.e. exactly when the u64
+    /// addition of the squares does not overflow. Integer work only.
+    pub fn run(&mut self, samples: u64) -> u64 {
+        let mut hits = 0u64;
+        for _ in 0..samples {
+            let r = self.rng.next_u64();
+            let x = r >> 32;
+            let y = r & 0xffff_ffff;
+            let (_, outside) = (x * x).overflowing_add(y * y);
+            hits += u64::from(!outside);
+        }
+        hits
+    }
+}
+
+/// How many of `samples` points of the stream seeded with `seed` fall in
+/// the quarter disc.
+pub fn count_hits(samples: u64, seed: u64) -> u64 {
+    PiStream::new(seed).run(samples)
 }
 
 /// The samples chunk `index` of `chunks` draws: an even split, the first
@@ -64,6 +92,14 @@ mod tests {
         let n = 2_000_000;
         let pi = estimate(count_hits(n, 42), n);
         assert!((pi - std::f64::consts::PI).abs() < 0.01, "{pi}");
+    }
+
+    #[test]
+    fn slices_add_up_to_the_whole() {
+        let whole = count_hits(10_000, 7);
+        let mut s = PiStream::new(7);
+        let parts = s.run(PiStream::GRANULE * 3) + s.run(PiStream::GRANULE * 70) + s.run(10_000 - 73 * 64);
+        assert_eq!(parts, whole);
     }
 
     #[test]

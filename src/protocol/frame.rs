@@ -61,7 +61,9 @@ impl Framer {
                     }
                     return Some(Frame::Line(line));
                 }
-                None if rest.len() > max => {
+                // A '\r' at the very end may be the start of a "\r\n" and
+                // not part of the line.
+                None if rest.len() > max + usize::from(rest.last() == Some(&b'\r')) => {
                     let json = first_non_blank(rest) == Some(b'{');
                     self.discarding = !eof;
                     self.scanned = 0;

@@ -90,6 +90,15 @@ impl<T> Scheduler<T> {
         Ok(())
     }
 
+    /// Enqueues a task that is already in the system and must not be lost
+    /// (the next slice of a running π chunk): the capacity does not apply.
+    /// Such tasks are bounded by the tasks already admitted.
+    pub fn requeue(&mut self, task: T, cost: u64, now: Instant) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.incoming.push(cost_class(cost), task, seq, now);
+    }
+
     /// Long-term scheduler: while the ready queue holds fewer than
     /// `ready_capacity` tasks and the incoming queue is non-empty, moves the
     /// best-scored task (under the policy, at `now`) to the ready queue.
