@@ -101,7 +101,7 @@ fn main() -> ExitCode {
     let cfg = match config::load(cli.config.as_deref(), &|k| std::env::var_os(k)) {
         Ok(cfg) => cfg,
         Err(e) => {
-            eprintln!("taskd: configuration error:\n{e}");
+            taskd::systemd::print_error(&format!("taskd: configuration error:\n{e}"));
             return ExitCode::from(1);
         }
     };
@@ -109,13 +109,16 @@ fn main() -> ExitCode {
     // is a configuration error, also for --check-config.
     for l in cfg.listeners.iter().filter(|l| l.proto.is_tls()) {
         if let Err(e) = taskd::tls::server_config(l) {
-            eprintln!("taskd: configuration error:\n{} ({}): {e}", l.address, l.origin);
+            taskd::systemd::print_error(&format!(
+                "taskd: configuration error:\n{} ({}): {e}",
+                l.address, l.origin
+            ));
             return ExitCode::from(1);
         }
     }
     if cli.check_config {
         if let Err(e) = check_files(&cfg) {
-            eprintln!("taskd: configuration error:\n{e}");
+            taskd::systemd::print_error(&format!("taskd: configuration error:\n{e}"));
             return ExitCode::from(1);
         }
         if !cli.quiet {

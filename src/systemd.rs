@@ -118,6 +118,18 @@ fn write_prefixed(out: &mut impl Write, prio: u8, text: &str) -> std::io::Result
     Ok(())
 }
 
+/// Prints an error report to stderr, at priority err for the journal when
+/// stderr is the journal: a configuration error found by the unit's
+/// `ExecStartPre=` or `ExecReload=` check shows under `journalctl -p err`.
+pub fn print_error(text: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = if stderr_is_journal() {
+        write_prefixed(&mut err, 3, text)
+    } else {
+        writeln!(err, "{text}")
+    };
+}
+
 /// Sets up env_logger: default filter `info` (RUST_LOG overrides), journal
 /// prefixes when stderr is the journal.
 pub fn init_logging() {

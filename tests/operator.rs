@@ -302,3 +302,34 @@ fn check_config_of_the_test_configuration_passes() {
     let r = run(d.path(), &["-tq", "-c", &f]);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
 }
+
+/// With stderr as the journal (JOURNAL_STREAM names it), every line of a
+/// configuration error carries priority err, so `journalctl -p err` shows
+/// the reason of a refused start or reload, not only its first line.
+#[test]
+fn configuration_errors_reach_the_journal_at_priority_err_on_every_line() {
+    use std::os::unix::fs::MetadataExt;
+    let d = tempfile::tempdir().expect("folder");
+    let f = write(
+        d.path(),
+        "taskd.toml",
+        "[server]\nbogus = 1\n[limits]\nnope = 2\n",
+    );
+    let err_path = d.path().join("journal.err");
+    let err = std::fs::File::create(&err_path).expect("stderr file");
+    let meta = err.metadata().expect("stat");
+    let status = Command::new(BIN)
+        .args(["-t", "-q", "-c", &f])
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err)
+        .status()
+        .expect("run taskd");
+    assert_eq!(status.code(), Some(1));
+    let text = std::fs::read_to_string(&err_path).expect("stderr");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 3, "{text}");
+    assert!(lines.iter().all(|l| l.starts_with("<3>")), "{text}");
+    assert!(text.contains("bogus") && text.contains("nope"), "{text}");
+}
