@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# End-to-end test of the taskd Debian package under a real systemd (SPEC
-# sections 5 and 8): it builds the .deb with `cargo deb`, boots a minimal
+# End-to-end test of the taskd Debian package under a real systemd (taskd(8),
+# SIGNALS and SYSTEMD): it builds the .deb with `cargo deb`, boots a minimal
 # Debian 12 tree with systemd-nspawn, installs the package there and checks
 # it as an operator would (systemctl, nc, journalctl, man, dpkg -P). Prints
 # PASS/FAIL per check and exits non-zero if any failed.
@@ -457,12 +457,35 @@ check "same MainPID after the refused reload" is taskd MainPID "$pid0"
 check "tcp 7700 still answers" expect_reply tcp 7700 "max 1 5 3" "OK 5"
 check "tcp 7701 (the old configuration) still answers" expect_reply tcp 7701 "min 4 2 9" "OK 2"
 check "the journal names the bad key" journal_has no_such_key
+check "journalctl -p err names it too (every line of the error at priority err)" journal_has no_such_key -p err
 
 ct rm -f /etc/taskd/conf.d/50-extra.toml
 [ "$made_confd" = 0 ] || ct rmdir /etc/taskd/conf.d
 check "systemctl reload taskd without the drop-in" ct systemctl reload taskd
 check "127.0.0.1:7701 closed after that reload (within 10 s)" \
     wait_for 10 eval '! ctsh "printf \"ping\n\" | nc -N -w 2 127.0.0.1 7701"'
+
+# ---------------------------------------------------------------------------
+step "/etc/default/taskd"
+# TASKD_OPTS reaches the check before a start, the daemon and the check
+# before a reload alike.
+check "/etc/taskd/conf.d is shipped, with its README" ct test -f /etc/taskd/conf.d/README
+ctsh 'printf "[[listener]]\nproto = \"tcp\"\naddress = \"127.0.0.1:7702\"\n" >/etc/taskd/alt.toml'
+ctsh 'cp /etc/default/taskd /root/default.orig && echo "TASKD_OPTS=\"-c /etc/taskd/alt.toml\"" >>/etc/default/taskd'
+check "systemctl restart taskd with TASKD_OPTS=\"-c /etc/taskd/alt.toml\"" ct systemctl restart taskd
+check "tcp 7702, the listener of alt.toml, answers" wait_for 10 expect_reply tcp 7702 "max 1 5 3" "OK 5"
+check "tcp 7700, not in alt.toml, is closed" eval '! ctsh "printf \"ping\n\" | nc -N -w 2 127.0.0.1 7700"'
+ctsh 'printf "[server]\nno_such_alt_key = 1\n" >>/etc/taskd/alt.toml'
+if ct systemctl reload taskd >/dev/null 2>&1; then
+    fail "systemctl reload accepted a broken alt.toml (ExecReload= checked another file)"
+else
+    pass "systemctl reload refuses a broken alt.toml: ExecReload= checks the file TASKD_OPTS names"
+fi
+check "journalctl -p err names the bad key of alt.toml" journal_has no_such_alt_key -p err
+check "tcp 7702 still answers" expect_reply tcp 7702 "min 4 2 9" "OK 2"
+ctsh 'cp /root/default.orig /etc/default/taskd && rm /etc/taskd/alt.toml /root/default.orig'
+check "back to the packaged options: systemctl restart taskd" ct systemctl restart taskd
+check "tcp 7700 answers" wait_for 10 expect_reply tcp 7700 "max 1 5 3" "OK 5"
 
 # ---------------------------------------------------------------------------
 step "watchdog"
