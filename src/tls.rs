@@ -1,4 +1,4 @@
-//! TLS for `tls` and `https` listeners (SPEC section 2a): the rustls server
+//! TLS for `tls` and `https` listeners (taskd(8), TLS): the rustls server
 //! configuration built from a listener's PEM files, and the user name a
 //! client certificate stands for under mutual TLS.
 //!
@@ -73,7 +73,7 @@ pub fn server_config(l: &ListenerConfig) -> Result<Arc<ServerConfig>, String> {
 
 /// The user a client certificate stands for: its first DNS or email
 /// subject-alternative name, else its common name, when that is a valid
-/// user name (SPEC section 2a).
+/// user name (taskd(8), TLS).
 pub fn certificate_user(cert: &CertificateDer) -> Option<String> {
     use x509_parser::extensions::GeneralName;
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;

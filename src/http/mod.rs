@@ -1,4 +1,4 @@
-//! The HTTP API of SPEC section 2, without I/O: the event loop hands
+//! The HTTP API of taskd(8), without I/O: the event loop hands
 //! [`parse_request`] the bytes a connection has received, [`route`]s each
 //! request to an [`Action`], and writes the answer with [`write_response`]
 //! (or the helpers built on it).

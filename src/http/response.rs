@@ -1,4 +1,4 @@
-//! Responses: status lines, headers and the JSON bodies of SPEC section 2.
+//! Responses: status lines, headers and the JSON bodies of taskd(8), "HTTP API".
 
 use std::io::Write;
 use std::time::Duration;
@@ -15,7 +15,7 @@ pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8
 /// [`super::expect_continue`]).
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
-/// SPEC 2 statuses of the line protocol's codes.
+/// The HTTP statuses of the line protocol's codes.
 pub fn status_for(code: Code) -> u16 {
     match code {
         Code::Parse | Code::Empty | Code::Range => 400,

@@ -1,4 +1,4 @@
-//! The two-level task scheduler (SPEC section 3): a bounded incoming queue,
+//! The two-level task scheduler (ARCHITECTURE.md; taskd(8), "SCHEDULING"): a bounded incoming queue,
 //! a long-term scheduler that admits the best-scored task into a bounded
 //! ready queue under a policy (hrrn, sjf or fifo), and the ready queue that
 //! the worker pool takes tasks from in admission order.

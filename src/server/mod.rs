@@ -204,8 +204,8 @@ impl Server {
         let pool = Pool::new(workers, Arc::clone(&waker))
             .map_err(|e| StartError::other(format!("cannot start {workers} workers: {e}")))?;
         let users_path = cfg.server.state_dir.join("users.json");
-        let saved = files::load_users(&users_path)
-            .map_err(|e| StartError::other(format!("cannot read {}: {e}", users_path.display())))?;
+        // The error names the file already.
+        let saved = files::load_users(&users_path).map_err(|e| StartError::other(e.to_string()))?;
         let files = FileWriter::start(log_settings(&cfg), users_path)
             .map_err(|e| StartError::other(format!("cannot open the results log: {e}")))?;
         let books = Books::new(&cfg, files, saved);
