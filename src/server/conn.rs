@@ -22,11 +22,11 @@ pub const MAX_PENDING_OUTPUT: usize = 1 << 20;
 pub const LINGER: Duration = Duration::from_secs(2);
 /// Bytes read from a socket at a time.
 pub const READ_CHUNK: usize = 64 * 1024;
-/// Buffers larger than this are not kept for reuse when a connection
+/// Buffers larger than one read are not kept for reuse when a connection
 /// goes idle, so one large request does not pin memory.
-const KEEP_CAPACITY: usize = 128 * 1024;
-/// Idle buffer sets kept for reuse.
-const POOLED: usize = 256;
+const KEEP_CAPACITY: usize = READ_CHUNK;
+/// Idle buffer sets kept for reuse (at most 8 MiB of them).
+const POOLED: usize = 64;
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,10 +183,12 @@ impl Session {
 
     /// Bytes this connection holds: its buffers, its replies, its tasks.
     pub fn held(&self) -> usize {
+        // What the buffers really take (the input buffer is initialized to
+        // its length, so all of it is resident), not just their content.
         let buffers = self
             .flight
             .as_ref()
-            .map_or(0, |f| (f.end - f.start) + (f.out.len() - f.sent) + f.slot_bytes);
+            .map_or(0, |f| f.input.len() + f.out.capacity() + f.slot_bytes);
         buffers + self.task_bytes
     }
 
@@ -211,8 +213,10 @@ impl Session {
         self.phase == Phase::Open && !self.eof
     }
 
-    /// Room for the next read, at most `max` bytes (at least 1).
-    pub fn read_space(&mut self, buffers: &mut Buffers, max: usize) -> &mut [u8] {
+    /// Room for the next read, at most `max` bytes (at least 1). The input
+    /// buffer never grows past `limit` (the longest line, and a read) unless
+    /// the unframed input needs it.
+    pub fn read_space(&mut self, buffers: &mut Buffers, max: usize, limit: usize) -> &mut [u8] {
         let f = self.flight.get_or_insert_with(|| buffers.take());
         if f.start == f.end {
             f.start = 0;
@@ -227,8 +231,8 @@ impl Session {
         if f.input.len() - f.end < want {
             // Doubling keeps a big line's reads amortized; the new room is
             // zeroed once, never again.
-            let grow = want.max(f.input.len());
-            f.input.resize(f.input.len() + grow, 0);
+            let doubled = (2 * f.input.len()).min(limit);
+            f.input.resize(doubled.max(f.end + want), 0);
         }
         let end = f.end;
         &mut f.input[end..end + want]
@@ -467,7 +471,7 @@ mod tests {
         for (i, chunk) in chunks.iter().enumerate() {
             let mut rest = &chunk[..];
             while !rest.is_empty() {
-                let room = s.read_space(&mut b, rest.len());
+                let room = s.read_space(&mut b, rest.len(), 1 << 30);
                 let k = room.len().min(rest.len());
                 room[..k].copy_from_slice(&rest[..k]);
                 s.filled(k);
@@ -541,7 +545,7 @@ mod tests {
         let now = Instant::now();
         let mut b = Buffers::default();
         let mut s = Session::new(1, now);
-        let room = s.read_space(&mut b, 100);
+        let room = s.read_space(&mut b, 100, 1 << 30);
         room[..5].copy_from_slice(b"ping\n");
         s.filled(5);
         let Some(Framed::Line(r)) = s.next_frame(100) else {
@@ -549,7 +553,7 @@ mod tests {
         };
         assert_eq!(s.line(r), b"ping");
         s.reply_now(&mut b, |o| o.extend_from_slice(b"OK pong\n"));
-        assert_eq!(s.held(), 8);
+        assert!(s.held() >= 8, "{}", s.held());
         s.wrote(8, now);
         s.release_idle(&mut b);
         assert!(s.flight.is_none());
@@ -566,7 +570,7 @@ mod tests {
         stream.extend_from_slice(b"\nnext");
         let mut rest = &stream[..];
         while !rest.is_empty() {
-            let room = s.read_space(&mut b, rest.len());
+            let room = s.read_space(&mut b, rest.len(), 1 << 30);
             let k = room.len().min(rest.len());
             room[..k].copy_from_slice(&rest[..k]);
             s.filled(k);

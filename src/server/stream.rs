@@ -18,7 +18,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Token};
 
 use super::budget::Holder;
-use super::conn::{Ending, Framed, Hold, Phase, Session};
+use super::conn::{Ending, Framed, Hold, Phase, READ_CHUNK, Session};
 use super::dispatch::{Origin, Place, TASK_BYTES};
 use super::listener::ListenerSettings;
 use super::record::Asked;
@@ -132,11 +132,11 @@ impl Conn {
 
     /// Reads plaintext into the session's read room (at most `max`
     /// bytes), through TLS when the connection has it.
-    fn read(&mut self, buffers: &mut super::conn::Buffers, max: usize) -> io::Result<usize> {
+    fn read(&mut self, buffers: &mut super::conn::Buffers, max: usize, limit: usize) -> io::Result<usize> {
         let Conn {
             sock, session, extra, ..
         } = self;
-        let buf = session.read_space(buffers, max);
+        let buf = session.read_space(buffers, max, limit);
         let n = read_from(sock, extra, buf)?;
         session.filled(n);
         Ok(n)
@@ -389,7 +389,8 @@ impl Server {
             if room == 0 {
                 return Stop::Memory;
             }
-            match c.read(&mut self.buffers, room) {
+            let limit = self.cfg.limits.max_line_bytes + 2 * READ_CHUNK;
+            match c.read(&mut self.buffers, room, limit) {
                 Ok(0) => {
                     c.session.saw_eof();
                     self.take_requests(key, now);
