@@ -42,6 +42,8 @@ impl Framer {
                     }
                     None => {
                         *pos = buf.len();
+                        // At EOF nothing more of the line can come.
+                        self.discarding = !eof;
                         return None;
                     }
                 }
