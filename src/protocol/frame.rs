@@ -31,6 +31,8 @@ impl Framer {
             let rest = &buf[*pos..];
             if rest.is_empty() {
                 self.scanned = 0;
+                // At EOF nothing more of a discarded line can come.
+                self.discarding &= !eof;
                 return None;
             }
             if self.discarding {
