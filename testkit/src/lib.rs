@@ -14,4 +14,4 @@ pub mod net;
 pub mod process;
 
 pub use line::LineClient;
-pub use net::{connect_from, free_port, free_port_v6};
+pub use net::{connect_from, connect_from_within, free_port, free_port_v6};

@@ -39,10 +39,16 @@ pub fn free_port_v6() -> Option<u16> {
 /// A blocking TCP connection to `to` from the local address `from` (a port
 /// the kernel picks), given up after [`CONNECT_TIMEOUT`].
 pub fn connect_from(from: IpAddr, to: SocketAddr) -> io::Result<TcpStream> {
+    connect_from_within(from, to, CONNECT_TIMEOUT)
+}
+
+/// [`connect_from`], given up after `timeout` (a full listen backlog drops
+/// the SYN: the kernel would retry it for seconds).
+pub fn connect_from_within(from: IpAddr, to: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::for_address(to), Type::STREAM, Some(Protocol::TCP))?;
     s.bind(&SocketAddr::new(from, 0).into())?;
-    s.connect_timeout(&to.into(), CONNECT_TIMEOUT)?;
+    s.connect_timeout(&to.into(), timeout)?;
     Ok(s.into())
 }
 

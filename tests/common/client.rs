@@ -40,11 +40,11 @@ pub fn parse_info(reply: &str) -> HashMap<String, String> {
 pub fn parse_users(reply: &str) -> Vec<(String, u64)> {
     let body = reply
         .strip_prefix("OK ")
-        .unwrap_or_else(|| panic!("users failed: {reply:?}"));
+        .unwrap_or_else(|| panic!("users failed: {:?}", clipped(reply)));
     let v: serde_json::Value =
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("users is not JSON ({e}): {body}"));
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("users is not JSON ({e}): {}", clipped(body)));
     v.as_array()
-        .unwrap_or_else(|| panic!("users is not an array: {body}"))
+        .unwrap_or_else(|| panic!("users is not an array: {}", clipped(body)))
         .iter()
         .map(|e| {
             let o = e.as_object().unwrap_or_else(|| panic!("not an object: {e}"));
@@ -55,6 +55,11 @@ pub fn parse_users(reply: &str) -> Vec<(String, u64)> {
             )
         })
         .collect()
+}
+
+/// At most the first 200 characters of `s`, for messages.
+fn clipped(s: &str) -> &str {
+    s.char_indices().nth(200).map_or(s, |(i, _)| &s[..i])
 }
 
 /// A UDP socket on `from` (a port the kernel picks) with a read timeout.

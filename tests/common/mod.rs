@@ -25,7 +25,7 @@
 //!
 //! A folder `tests/NAME/main.rs` with `#[path = "../common/mod.rs"] mod
 //! common;` and one module per subject keeps a long test file readable
-//! (tests/tls/).
+//! (tests/tls/, tests/attacks/).
 
 #![allow(dead_code, unused_imports)]
 
