@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Daemon, svc_config, svc_wait_until};
+use common::{BIN, Launch, line_config, wait_until};
 
 struct Run {
     code: Option<i32>,
@@ -74,7 +74,7 @@ fn mkfifo(path: &Path) {
 fn tcp_config() -> String {
     format!(
         "[[listener]]\nproto = \"tcp\"\naddress = \"127.0.0.1:{}\"\n",
-        common::free_port()
+        common::free_port().expect("a free port")
     )
 }
 
@@ -126,7 +126,7 @@ fn check_config_quiet_prints_nothing_at_all_on_success() {
     // Rows for other hosts are skipped with an info line when the daemon
     // starts; under -q nothing at all is printed.
     let d = tempfile::tempdir().expect("folder");
-    let port = common::free_port();
+    let port = common::free_port().expect("a free port");
     write(
         d.path(),
         "servers.csv",
@@ -226,9 +226,9 @@ fn startup_logs_version_pid_workers_files_and_users() {
         "[server]\nworkers = 3\nstate_dir = \"{}\"\n",
         state.path().display()
     );
-    let d = Daemon::start(&extra);
+    let d = Launch::line(&extra).start();
     let log = d.stderr();
-    let pid = d.child.id();
+    let pid = d.pid();
     for want in [
         format!("taskd {}", env!("CARGO_PKG_VERSION")),
         format!("pid {pid}, 3 workers"),
@@ -259,21 +259,21 @@ fn a_fifo_as_results_log_is_refused_at_start_without_hanging() {
 /// SIGTERM still ends the daemon at once.
 #[test]
 fn files_swapped_for_a_fifo_or_link_neither_block_nor_redirect() {
-    let mut d = Daemon::start("");
+    let mut d = Launch::line("").start();
     assert_eq!(d.session(&["@x ping"]), ["OK pong"]);
     let victim = d.file("victim");
     std::fs::write(&victim, "keep\n").expect("victim");
     std::os::unix::fs::symlink(&victim, d.file("users.json.tmp")).expect("link");
     let log = d.file("results.log");
     assert!(
-        svc_wait_until(Duration::from_secs(5), || log.exists()),
+        wait_until(Duration::from_secs(5), || log.exists()),
         "no results.log"
     );
     std::fs::remove_file(&log).expect("rm results.log");
     mkfifo(&log);
     d.send_signal(libc::SIGUSR1);
     assert!(
-        svc_wait_until(Duration::from_secs(5), || d.stderr().contains("is a FIFO")),
+        wait_until(Duration::from_secs(5), || d.stderr().contains("is a FIFO")),
         "the refused FIFO is not logged:\n{}",
         d.stderr()
     );
@@ -293,12 +293,12 @@ fn files_swapped_for_a_fifo_or_link_neither_block_nor_redirect() {
     assert!(std::fs::symlink_metadata(d.file("users.json.tmp")).is_err());
 }
 
-/// `svc_config` is what `Daemon::start` serves; kept in use here so this
+/// `line_config` is what `Launch::line` serves; kept in use here so this
 /// file reads on its own.
 #[test]
 fn check_config_of_the_test_configuration_passes() {
     let d = tempfile::tempdir().expect("folder");
-    let f = write(d.path(), "taskd.toml", &svc_config(common::free_port(), ""));
+    let f = write(d.path(), "taskd.toml", &line_config(common::free_port().expect("a free port"), ""));
     let r = run(d.path(), &["-tq", "-c", &f]);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
 }
