@@ -4,10 +4,12 @@
 //! idle worker gets next; it does no I/O and takes the clock as an
 //! argument, like `sched`.
 //!
-//! No job holds a worker for long: a π chunk runs as slices of
-//! [`PI_SLICE`] samples, and after each slice its next one goes back into
-//! the incoming queue like any task, so a small request never waits behind
-//! 10^10 samples. A task may instead be computed on the loop itself
+//! No job holds a worker for long: a π chunk runs as slices of about
+//! [`SLICE_TIME`] (their size follows the measured speed of the kernel),
+//! and after each slice its next one goes back into the incoming queue
+//! like any task, so a small request never waits behind 10^10 samples.
+//! Slices are cut at multiples of `PiStream::GRANULE`, so where they are
+//! cut never changes a result. A task may instead be computed on the loop itself
 //! ([`Tasks::may_inline`]) only while nothing waits in either queue.
 //!
 //! Tasks are generic over `R`, what the loop needs to answer one (its
@@ -15,7 +17,7 @@
 //! inside it.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use slab::Slab;
 
@@ -25,9 +27,13 @@ use crate::pool::{Done, Job, Outcome, Ticket, Work};
 use crate::protocol::{Code, Failure, Payload};
 use crate::sched::{Policy, Scheduler};
 
-/// Samples of one π job: a multiple of `PiStream::GRANULE`, and a few
-/// milliseconds of a worker's time (about 16 ms on the scalar path).
-pub const PI_SLICE: u64 = 1 << 23;
+/// The time one π job should take.
+pub const SLICE_TIME: Duration = Duration::from_millis(10);
+/// Bounds of a π slice, in samples.
+const MIN_SLICE: u64 = 1 << 16;
+const MAX_SLICE: u64 = 1 << 27;
+/// The kernel's speed assumed until one slice has been timed.
+const FIRST_RATE: f64 = 5e8;
 
 /// Largest cost (values) computed inline on the loop: parsing and reducing
 /// this many numbers takes about as long as handing a job to a worker
@@ -57,6 +63,8 @@ struct Chunk {
     /// None before the first slice and while a slice runs.
     stream: Option<Box<PiStream>>,
     left: u64,
+    /// Samples of the slice running now.
+    running: u64,
 }
 
 enum State {
@@ -108,6 +116,8 @@ pub struct Tasks<R> {
     process_seed: u64,
     /// Tasks started and not finished.
     running: usize,
+    /// Samples per second of the π kernel, as the last slices ran.
+    pi_rate: f64,
 }
 
 impl<R> Tasks<R> {
@@ -123,6 +133,7 @@ impl<R> Tasks<R> {
             next_serial: 1,
             process_seed,
             running: 0,
+            pi_rate: FIRST_RATE,
         }
     }
 
@@ -178,6 +189,7 @@ impl<R> Tasks<R> {
                     .map(|i| Chunk {
                         stream: None,
                         left: chunk_samples(samples, chunks, i),
+                        running: 0,
                     })
                     .collect(),
                 open: chunks,
@@ -204,6 +216,7 @@ impl<R> Tasks<R> {
     /// when nothing is ready. `users` snapshots the user counts for a
     /// `users` task that is about to run.
     pub fn next_job(&mut self, now: Instant, users: &mut dyn FnMut() -> UsersSnapshot) -> Option<Job> {
+        let size = self.slice_samples();
         loop {
             self.sched.admit(now);
             let unit = self.sched.pop_ready()?;
@@ -237,7 +250,7 @@ impl<R> Tasks<R> {
                             for chunk in 0..chunks.len() as u32 {
                                 let unit = Unit::Slice { key, serial, chunk };
                                 self.sched
-                                    .requeue(unit, slice_cost(chunks[chunk as usize].left), now);
+                                    .requeue(unit, slice_cost(chunks[chunk as usize].left, size), now);
                             }
                         }
                     }
@@ -255,7 +268,8 @@ impl<R> Tasks<R> {
                     let stream = c.stream.take().unwrap_or_else(|| {
                         Box::new(PiStream::new(chunk_seed(self.process_seed, serial, chunk)))
                     });
-                    let samples = c.left.min(PI_SLICE);
+                    let samples = c.left.min(size);
+                    c.running = samples;
                     let ticket = Ticket {
                         task: key,
                         serial,
@@ -270,6 +284,13 @@ impl<R> Tasks<R> {
         }
     }
 
+    /// Samples of the next π slice: about [`SLICE_TIME`] of the kernel, a
+    /// multiple of its granule.
+    fn slice_samples(&self) -> u64 {
+        let samples = (self.pi_rate * SLICE_TIME.as_secs_f64()) as u64;
+        samples.clamp(MIN_SLICE, MAX_SLICE) / PiStream::GRANULE * PiStream::GRANULE
+    }
+
     /// A job the pool could not take (its worker died): the task fails.
     pub fn refused(&mut self, job: Job, now: Instant) -> Option<Finished<R>> {
         log::error!("task {} could not be handed to a worker", job.ticket.task);
@@ -279,6 +300,7 @@ impl<R> Tasks<R> {
     /// Takes a worker's result. Returns the task when it is complete.
     pub fn complete(&mut self, done: Done, now: Instant) -> Option<Finished<R>> {
         let t = done.ticket;
+        let size = self.slice_samples();
         let task = self
             .tasks
             .get_mut(t.task)
@@ -299,11 +321,17 @@ impl<R> Tasks<R> {
                 let c = chunks.get_mut(t.chunk as usize)?;
                 match outcome {
                     Outcome::PiSlice { stream, hits: h } => {
-                        let ran = c.left.min(PI_SLICE);
+                        let ran = c.running;
                         c.left -= ran;
                         *hits += h;
+                        // The kernel's speed, for the size of later slices
+                        // (slices too short to time tell nothing).
+                        if done.run >= Duration::from_micros(500) {
+                            let rate = ran as f64 / done.run.as_secs_f64();
+                            self.pi_rate = (self.pi_rate + rate) / 2.0;
+                        }
                         if c.left > 0 && !*failed {
-                            let cost = slice_cost(c.left);
+                            let cost = slice_cost(c.left, size);
                             c.stream = Some(stream);
                             let unit = Unit::Slice {
                                 key: t.task,
@@ -369,8 +397,8 @@ impl<R> Tasks<R> {
 }
 
 /// The scheduler's cost of a π chunk's next slice (taskd(8): samples/1000).
-fn slice_cost(left: u64) -> u64 {
-    left.min(PI_SLICE).div_ceil(1000).max(1)
+fn slice_cost(left: u64, size: u64) -> u64 {
+    left.min(size).div_ceil(1000).max(1)
 }
 
 /// `busy` for a task the incoming queue cannot take.
@@ -448,7 +476,7 @@ mod tests {
     fn a_small_task_overtakes_the_slices_of_a_big_pi() {
         let now = Instant::now();
         let mut t = Tasks::new(Policy::Hrrn, 100, 2, 42);
-        let samples = PI_SLICE * 4;
+        let samples = 1 << 24;
         assert!(
             t.submit("pi", TaskWork::Pi { samples, chunks: 1 }, samples / 1000, now)
                 .is_ok()
@@ -476,7 +504,7 @@ mod tests {
         assert_eq!(order[0], ("max", "2".to_string()));
         assert_eq!(order[1].0, "pi");
         assert!(
-            order[1].1.ends_with("samples=33554432 chunks=1"),
+            order[1].1.ends_with(&format!("samples={samples} chunks=1")),
             "{}",
             order[1].1
         );
@@ -486,7 +514,7 @@ mod tests {
     fn sliced_pi_gives_the_same_hits_as_one_run() {
         let now = Instant::now();
         let mut t = Tasks::new(Policy::Fifo, 100, 4, 7);
-        let samples = PI_SLICE * 2 + 1000;
+        let samples = (1 << 23) * 2 + 1000;
         assert!(
             t.submit("pi", TaskWork::Pi { samples, chunks: 3 }, 1, now)
                 .is_ok()

@@ -298,7 +298,11 @@ fn files_swapped_for_a_fifo_or_link_neither_block_nor_redirect() {
 #[test]
 fn check_config_of_the_test_configuration_passes() {
     let d = tempfile::tempdir().expect("folder");
-    let f = write(d.path(), "taskd.toml", &line_config(common::free_port().expect("a free port"), ""));
+    let f = write(
+        d.path(),
+        "taskd.toml",
+        &line_config(common::free_port().expect("a free port"), ""),
+    );
     let r = run(d.path(), &["-tq", "-c", &f]);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
 }

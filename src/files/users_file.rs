@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -125,6 +125,19 @@ fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
 /// unlinked first, which never follows a link, and the file is then created
 /// with `O_EXCL`, which fails rather than open anything that reappeared.
 fn write_tmp<S: AsRef<str>>(tmp: &Path, users: &[(S, u64)]) -> io::Result<()> {
+    // Something other than a file left there was put there: say so.
+    if let Ok(meta) = fs::symlink_metadata(tmp)
+        && !meta.file_type().is_file()
+    {
+        let what = if meta.file_type().is_symlink() {
+            "a symbolic link"
+        } else if meta.file_type().is_fifo() {
+            "a FIFO"
+        } else {
+            "not a regular file"
+        };
+        log::warn!("{} was {what}; removed, not followed", tmp.display());
+    }
     match fs::remove_file(tmp) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => {
             return Err(with_path(e, "cannot remove the stale", tmp));

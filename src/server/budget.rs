@@ -96,10 +96,11 @@ impl Budget {
         0
     }
 
-    /// Whether a connection holding `holds` may take one more request now
-    /// (the same rule as reading, for the requests already read).
-    pub fn may_take(&self, who: Holder, holds: usize) -> bool {
-        !self.over() || holds < SMALL || self.turn == Some(who)
+    /// Whether a connection holding `holds` with `inflight` tasks out may
+    /// take one more request now (the same rule as reading, for the
+    /// requests already read; a turn is one request).
+    pub fn may_take(&self, who: Holder, holds: usize, inflight: usize) -> bool {
+        !self.over() || holds < SMALL || (self.turn == Some(who) && inflight == 0)
     }
 
     /// The connections to read again now: every waiting one once the count
@@ -179,13 +180,14 @@ mod tests {
         assert_eq!(b.may_read(h(2), 20_000), 0);
         // Holder 1's request is complete: the turn passes to holder 2.
         assert_eq!(b.resume(all, |x| x != h(1)), vec![h(2)]);
-        assert!(b.may_take(h(2), 20_000));
-        assert!(!b.may_take(h(1), 30_000));
+        assert!(b.may_take(h(2), 20_000, 0));
+        assert!(!b.may_take(h(2), 20_000, 1), "one request per turn");
+        assert!(!b.may_take(h(1), 30_000, 0));
         // Under the limit again: everyone waiting reads.
         b.update(50_000, 10);
         assert_eq!(b.may_read(h(4), 0), READ_CHUNK.min(10_000 - 10));
         assert!(b.resume(all, all).is_empty());
-        assert!(b.may_take(h(1), 30_000));
+        assert!(b.may_take(h(1), 30_000, 3));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! replies leave in request order whatever order the tasks finish in), the
 //! output not yet written, and where the connection is in its life.
 //!
-//! The socket side (`stream.rs`) reads into [`Session::read_space`] and
+//! The socket side (`stream.rs`) reads with [`Session::read_with`] and
 //! writes from [`Session::output`]; everything in between is methods of
 //! [`Session`] that return what the owner must do, so the state machine
 //! is tested here with plain bytes. An idle connection holds no buffers:
@@ -11,6 +11,7 @@
 //! given back when everything is empty.
 
 use std::collections::VecDeque;
+use std::io;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,9 @@ pub const MAX_PENDING_OUTPUT: usize = 1 << 20;
 pub const LINGER: Duration = Duration::from_secs(2);
 /// Bytes read from a socket at a time.
 pub const READ_CHUNK: usize = 64 * 1024;
+/// Buffers larger than this count in full against the budget, and are
+/// given up as soon as they are empty.
+const BIG_BUFFER: usize = 2 * READ_CHUNK;
 /// Buffers larger than one read are not kept for reuse when a connection
 /// goes idle, so one large request does not pin memory.
 const KEEP_CAPACITY: usize = READ_CHUNK;
@@ -44,11 +48,11 @@ pub enum Phase {
 /// The buffers of a connection with data in flight.
 #[derive(Debug, Default)]
 pub struct Flight {
-    /// Bytes read: `input[start..end]` not framed yet; `input[end..]` is
-    /// room for the next read (already initialized).
+    /// Bytes read: `input[start..]` not framed yet. Reads append to it in
+    /// its spare capacity, never zeroed first: what the buffer takes in
+    /// memory is what it holds, not what it reserved.
     input: Vec<u8>,
     start: usize,
-    end: usize,
     framer: Framer,
     out: Vec<u8>,
     sent: usize,
@@ -60,7 +64,7 @@ pub struct Flight {
 
 impl Flight {
     fn is_empty(&self) -> bool {
-        self.start == self.end
+        self.start == self.input.len()
             && self.sent == self.out.len()
             && self.slots.is_empty()
             && !self.framer.is_discarding()
@@ -68,7 +72,7 @@ impl Flight {
 
     fn reset(&mut self) {
         self.start = 0;
-        self.end = 0;
+        self.input.clear();
         self.framer = Framer::default();
         self.out.clear();
         self.sent = 0;
@@ -183,18 +187,26 @@ impl Session {
 
     /// Bytes this connection holds: its buffers, its replies, its tasks.
     pub fn held(&self) -> usize {
-        // What the buffers really take (the input buffer is initialized to
-        // its length, so all of it is resident), not just their content.
-        let buffers = self
-            .flight
-            .as_ref()
-            .map_or(0, |f| f.input.len() + f.out.capacity() + f.slot_bytes);
+        // A buffer of one read or less counts what it holds: reads go to
+        // spare capacity, never zeroed first, so an idle reserve takes no
+        // memory. A larger one counts all it took: it grew because it
+        // was filled.
+        let counted = |v: &Vec<u8>, done: usize| {
+            if v.capacity() > BIG_BUFFER {
+                v.capacity()
+            } else {
+                v.len() - done
+            }
+        };
+        let buffers = self.flight.as_ref().map_or(0, |f| {
+            counted(&f.input, f.start) + counted(&f.out, f.sent) + f.slot_bytes
+        });
         buffers + self.task_bytes
     }
 
     /// Bytes of input not framed yet.
     pub fn unframed(&self) -> usize {
-        self.flight.as_ref().map_or(0, |f| f.end - f.start)
+        self.flight.as_ref().map_or(0, |f| f.input.len() - f.start)
     }
 
     /// Whether the connection may take more requests, and if not why.
@@ -213,36 +225,42 @@ impl Session {
         self.phase == Phase::Open && !self.eof
     }
 
-    /// Room for the next read, at most `max` bytes (at least 1). The input
-    /// buffer never grows past `limit` (the longest line, and a read) unless
-    /// the unframed input needs it.
-    pub fn read_space(&mut self, buffers: &mut Buffers, max: usize, limit: usize) -> &mut [u8] {
+    /// Reads into the input: `read` appends at most `want` bytes (`max`,
+    /// at most one [`READ_CHUNK`]) to the buffer it is given, whose spare
+    /// capacity is at least that, and returns how many. The buffer never
+    /// grows past `limit` (the longest line, and a read) unless the
+    /// unframed input needs it.
+    pub fn read_with(
+        &mut self,
+        buffers: &mut Buffers,
+        max: usize,
+        limit: usize,
+        read: impl FnOnce(&mut Vec<u8>, usize) -> io::Result<usize>,
+    ) -> io::Result<usize> {
         let f = self.flight.get_or_insert_with(|| buffers.take());
-        if f.start == f.end {
+        if f.start == f.input.len() {
+            f.input.clear();
             f.start = 0;
-            f.end = 0;
-        } else if f.start > 0 && f.start >= f.input.len() / 2 {
+            if f.input.capacity() > BIG_BUFFER {
+                // A big request is over: its buffer goes.
+                f.input = Vec::new();
+            }
+        } else if f.start > 0 && f.start >= f.input.capacity() / 2 {
             // Move the unframed tail to the front rather than grow.
-            f.input.copy_within(f.start..f.end, 0);
-            f.end -= f.start;
+            f.input.drain(..f.start);
             f.start = 0;
         }
         let want = max.clamp(1, READ_CHUNK);
-        if f.input.len() - f.end < want {
-            // Doubling keeps a big line's reads amortized; the new room is
-            // zeroed once, never again.
-            let doubled = (2 * f.input.len()).min(limit);
-            f.input.resize(doubled.max(f.end + want), 0);
+        let len = f.input.len();
+        if f.input.capacity() - len < want {
+            // Doubling keeps a big line's reads amortized (and a large
+            // buffer is remapped, not copied, when it grows).
+            let target = (2 * f.input.capacity()).min(limit).max(len + want);
+            f.input.reserve_exact(target - len);
         }
-        let end = f.end;
-        &mut f.input[end..end + want]
-    }
-
-    /// `n` bytes were read into the room [`Session::read_space`] gave.
-    pub fn filled(&mut self, n: usize) {
-        if let Some(f) = self.flight.as_mut() {
-            f.end += n;
-        }
+        let n = read(&mut f.input, want)?;
+        debug_assert!(f.input.len() == len + n && n <= want);
+        Ok(n)
     }
 
     /// The client's EOF: an unterminated last line will be framed as a line.
@@ -255,7 +273,7 @@ impl Session {
         let eof = self.eof;
         let f = self.flight.as_mut()?;
         let mut pos = f.start;
-        let frame = f.framer.next(&f.input[..f.end], &mut pos, max, eof);
+        let frame = f.framer.next(&f.input, &mut pos, max, eof);
         let at = f.start;
         f.start = pos;
         Some(match frame? {
@@ -266,6 +284,15 @@ impl Session {
             }
             Frame::TooLong { json } => Framed::TooLong { json },
         })
+    }
+
+    /// Puts a line [`Session::next_frame`] returned back, to be framed
+    /// again later.
+    pub fn unframe(&mut self, start: usize) {
+        if let Some(f) = self.flight.as_mut() {
+            f.start = start;
+            f.framer = Framer::default();
+        }
     }
 
     /// The input bytes of a line [`Session::next_frame`] returned.
@@ -282,11 +309,10 @@ impl Session {
         if f.start < range.end {
             return None;
         }
-        let rest = f.input[f.start..f.end].to_vec();
+        let rest = f.input[f.start..].to_vec();
         let mut line = std::mem::take(&mut f.input);
         line.truncate(range.end);
         f.start = 0;
-        f.end = rest.len();
         f.input = rest;
         Some(line)
     }
@@ -295,19 +321,19 @@ impl Session {
     /// error): drop what is left.
     pub fn discard_input(&mut self) {
         if let Some(f) = self.flight.as_mut() {
-            f.start = f.end;
+            f.start = f.input.len();
         }
     }
 
     /// HTTP: the whole unframed input, to parse a request from.
     pub fn unframed_input(&self) -> &[u8] {
-        self.flight.as_ref().map_or(&[][..], |f| &f.input[f.start..f.end])
+        self.flight.as_ref().map_or(&[][..], |f| &f.input[f.start..])
     }
 
     /// HTTP: `n` bytes of the unframed input were one request.
     pub fn consume(&mut self, n: usize) {
         if let Some(f) = self.flight.as_mut() {
-            f.start = (f.start + n).min(f.end);
+            f.start = (f.start + n).min(f.input.len());
         }
     }
 
@@ -391,6 +417,16 @@ impl Session {
             if f.sent == f.out.len() {
                 f.out.clear();
                 f.sent = 0;
+                if f.out.capacity() > BIG_BUFFER {
+                    f.out = Vec::new();
+                }
+            } else if f.out.capacity() > BIG_BUFFER && f.sent >= f.out.len() / 2 {
+                // Half of a big reply is out: what is written goes, so a
+                // client that stops reading holds only what it has not
+                // read.
+                f.out.drain(..f.sent);
+                f.out.shrink_to_fit();
+                f.sent = 0;
             }
         }
         if n > 0 {
@@ -456,6 +492,16 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// One read of what `bytes` starts with; returns how much was read.
+    fn feed(s: &mut Session, b: &mut Buffers, bytes: &[u8]) -> usize {
+        s.read_with(b, bytes.len(), 1 << 30, |v, want| {
+            let k = want.min(bytes.len());
+            v.extend_from_slice(&bytes[..k]);
+            Ok(k)
+        })
+        .unwrap()
+    }
+
     /// Drives a session with `chunks` of input as a socket would, answering
     /// each line with its own text (upper-cased), some at once and some
     /// through a reserved slot filled later and out of order; returns
@@ -471,10 +517,7 @@ mod tests {
         for (i, chunk) in chunks.iter().enumerate() {
             let mut rest = &chunk[..];
             while !rest.is_empty() {
-                let room = s.read_space(&mut b, rest.len(), 1 << 30);
-                let k = room.len().min(rest.len());
-                room[..k].copy_from_slice(&rest[..k]);
-                s.filled(k);
+                let k = feed(&mut s, &mut b, rest);
                 rest = &rest[k..];
             }
             if i == last {
@@ -545,9 +588,7 @@ mod tests {
         let now = Instant::now();
         let mut b = Buffers::default();
         let mut s = Session::new(1, now);
-        let room = s.read_space(&mut b, 100, 1 << 30);
-        room[..5].copy_from_slice(b"ping\n");
-        s.filled(5);
+        feed(&mut s, &mut b, b"ping\n");
         let Some(Framed::Line(r)) = s.next_frame(100) else {
             panic!()
         };
@@ -570,10 +611,7 @@ mod tests {
         stream.extend_from_slice(b"\nnext");
         let mut rest = &stream[..];
         while !rest.is_empty() {
-            let room = s.read_space(&mut b, rest.len(), 1 << 30);
-            let k = room.len().min(rest.len());
-            room[..k].copy_from_slice(&rest[..k]);
-            s.filled(k);
+            let k = feed(&mut s, &mut b, rest);
             rest = &rest[k..];
         }
         let Some(Framed::Line(r)) = s.next_frame(1 << 20) else {

@@ -156,6 +156,25 @@ impl Server {
         }
     }
 
+    /// The bytes a request's task will hold (0 for what the loop answers
+    /// at once): what the budget counts for it from dispatch to answer.
+    pub(super) fn task_bytes(&self, req: &Request, line_len: usize) -> usize {
+        match (OPS[req.op].exec, &req.args) {
+            (Exec::Users, _) => self.books.users.rendered_size() + TASK_BYTES,
+            (Exec::List(_), &Args::Values { count, .. }) => {
+                if self.tasks.may_inline(ops::cost(OPS[req.op].args, count, 0)) {
+                    0
+                } else {
+                    line_len + 8 * count + TASK_BYTES
+                }
+            }
+            (Exec::Pi, &Args::Pi { chunks, .. }) => {
+                TASK_BYTES + 32 * chunks.map_or(PI_MAX_CHUNKS as usize, |c| c as usize)
+            }
+            _ => 0,
+        }
+    }
+
     /// Mutual TLS: the certificate is the identity. A request without
     /// `@user` is its name's; one naming someone else is `denied`, unless
     /// the listener allows overrides.

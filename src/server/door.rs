@@ -6,12 +6,12 @@
 //! `ERR busy` line (HTTP: a 429 response; TLS: a plain close, no session),
 //! then a lingering close, without ever becoming a connection of the loop.
 //! At most [`RESERVE`] descriptors are spent on refusals in progress: when
-//! they are all in use, the oldest is cut short once it is
-//! [`REFUSAL_MIN`] old, and until then the door closes (the listeners are
-//! not polled) and the kernel's backlog holds whoever comes. The door also
-//! closes for [`EMFILE_PAUSE`] when the process is out of descriptors,
-//! and opens again as soon as one is freed, so no address can keep
-//! another's clients waiting for seconds.
+//! they are all in use, the oldest is cut short (closed at once), so a
+//! flood of refused clients never slows the door down for the others queued
+//! behind them in the kernel's backlog. The door closes (the listeners are
+//! not polled, the backlog holds whoever comes) only when the process is
+//! out of descriptors, for at most [`EMFILE_PAUSE`], and opens again as
+//! soon as one is freed.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
@@ -37,9 +37,6 @@ const ACCEPTS_PER_TURN: usize = 64;
 const EMFILE_PAUSE: Duration = Duration::from_millis(100);
 /// How long a refused client has to read its `busy` line at most.
 const REFUSAL_LINGER: Duration = Duration::from_secs(2);
-/// A refusal is not cut short before this: its line has had time to reach
-/// the client.
-const REFUSAL_MIN: Duration = Duration::from_millis(100);
 
 struct Refusal {
     sock: TcpStream,
@@ -73,10 +70,7 @@ impl Door {
     /// open at once.
     pub fn freed(&mut self) {
         if let Some(t) = self.closed_until.as_mut() {
-            let now = Instant::now();
-            if *t > now && self.refusals.len() < RESERVE {
-                *t = now;
-            }
+            *t = (*t).min(Instant::now());
         }
     }
 
@@ -126,26 +120,14 @@ impl Door {
         }
     }
 
-    /// Makes room for one more refusal: true when there is room now.
-    fn make_room(&mut self, now: Instant, poll: &Poll) -> bool {
+    /// Makes room for one more refusal: the oldest is cut short when all
+    /// of the reserve is in use.
+    fn make_room(&mut self, poll: &Poll) {
         if self.refusals.len() < RESERVE {
-            return true;
+            return;
         }
-        let oldest = self
-            .refusals
-            .iter()
-            .min_by_key(|(_, r)| r.since)
-            .map(|(k, r)| (k, r.since));
-        match oldest {
-            Some((k, since)) if now.duration_since(since) >= REFUSAL_MIN => {
-                self.close_refusal(k, poll);
-                true
-            }
-            Some((_, since)) => {
-                self.closed_until = Some(since + REFUSAL_MIN);
-                false
-            }
-            None => true,
+        if let Some(k) = self.refusals.iter().min_by_key(|(_, r)| r.since).map(|(k, _)| k) {
+            self.close_refusal(k, poll);
         }
     }
 }
@@ -194,10 +176,12 @@ impl Server {
 
     /// A new client: served, refused at once, or closed without a word.
     fn at_door(&mut self, listener: usize, sock: TcpStream, peer: SocketAddr, now: Instant) {
-        let settings = &self.listeners[listener].settings;
         let ip = canonical(peer.ip());
-        if !settings.admits(ip) {
+        if !self.listeners[listener].settings.admits(ip) {
             return;
+        }
+        if self.conns.len() >= self.cfg.limits.max_connections {
+            self.reap_gone();
         }
         let limits = &self.cfg.limits;
         let per_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
@@ -214,7 +198,7 @@ impl Server {
         } else {
             return self.admit(listener, sock, peer, now);
         };
-        let proto = settings.proto();
+        let proto = self.listeners[listener].settings.proto();
         self.refuse_at_door(sock, proto, peer, Failure::new(Code::Busy, why), now);
     }
 
@@ -235,12 +219,7 @@ impl Server {
         self.books
             .reject_log
             .log(|| format!("busy from {peer}: {}", f.message));
-        if !self.door.make_room(now, &self.poll) {
-            // No room for a lingering close: the client gets a plain close
-            // now, and the door stays shut until there is room.
-            self.close_door_until_due();
-            return;
-        }
+        self.door.make_room(&self.poll);
         let mut reply = Vec::new();
         match proto {
             Proto::Tcp => crate::protocol::reply::write_err(&mut reply, None, false, f.code, &f.message),
@@ -265,6 +244,18 @@ impl Server {
         }
     }
 
+    /// At the connection limit: closes the connections accepted this turn
+    /// whose clients have already gone without a word (not read yet, they
+    /// would otherwise count against the limit until the next phase).
+    fn reap_gone(&mut self) {
+        let fresh: Vec<usize> = self.ready.read.clone();
+        for key in fresh {
+            if self.conns.get(key).is_some_and(|c| c.sent_nothing_and_left()) {
+                self.close(key);
+            }
+        }
+    }
+
     /// Stops polling the listeners until `until` (or a descriptor is
     /// freed); the kernel's backlog holds new clients meanwhile.
     fn close_door(&mut self, until: Instant) {
@@ -277,12 +268,6 @@ impl Server {
         }
         let until = self.door.closed_until.map_or(until, |t| t.max(until));
         self.door.closed_until = Some(until);
-    }
-
-    fn close_door_until_due(&mut self) {
-        let until = self.door.closed_until.unwrap_or_else(Instant::now);
-        self.door.closed_until = None;
-        self.close_door(until);
     }
 
     /// Polls the listeners again; registering them reports the clients

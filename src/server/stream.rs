@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
-use super::budget::Holder;
+use super::budget::{Holder, SMALL};
 use super::conn::{Ending, Framed, Hold, Phase, READ_CHUNK, Session};
 use super::dispatch::{Origin, Place, TASK_BYTES};
 use super::listener::ListenerSettings;
@@ -130,16 +130,13 @@ impl Conn {
         }
     }
 
-    /// Reads plaintext into the session's read room (at most `max`
-    /// bytes), through TLS when the connection has it.
+    /// Reads plaintext into the session (at most `max` bytes), through TLS
+    /// when the connection has it.
     fn read(&mut self, buffers: &mut super::conn::Buffers, max: usize, limit: usize) -> io::Result<usize> {
         let Conn {
             sock, session, extra, ..
         } = self;
-        let buf = session.read_space(buffers, max, limit);
-        let n = read_from(sock, extra, buf)?;
-        session.filled(n);
-        Ok(n)
+        session.read_with(buffers, max, limit, |buf, want| read_from(sock, extra, buf, want))
     }
 
     /// Writes pending output until done or the socket is full.
@@ -177,6 +174,26 @@ impl Conn {
         }
     }
 
+    /// Whether the client closed without sending a byte, and nothing was
+    /// read from it yet: a peek at its socket finds only the EOF.
+    pub fn sent_nothing_and_left(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        if self.session.unframed() > 0 || self.session.inflight() > 0 {
+            return false;
+        }
+        let mut byte = 0u8;
+        // SAFETY: a one-byte peek into a local; recv(2) writes at most that.
+        let n = unsafe {
+            libc::recv(
+                self.sock.as_raw_fd(),
+                (&raw mut byte).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n == 0
+    }
+
     /// Whether every byte owed has left for the kernel (TLS records too).
     fn all_written(&self) -> bool {
         self.session.all_sent() && !self.tls().is_some_and(|t| t.wants_write())
@@ -208,17 +225,51 @@ impl Conn {
     }
 }
 
-/// Reads plaintext into `buf`, through TLS when the connection has it,
+/// Appends at most `want` bytes of plaintext to `buf` (whose spare
+/// capacity is at least that), through TLS when the connection has it,
 /// retrying on EINTR. Ok(0) is the peer's EOF.
-fn read_from(sock: &mut TcpStream, extra: &mut Option<Box<Extra>>, buf: &mut [u8]) -> io::Result<usize> {
+fn read_from(
+    sock: &mut TcpStream,
+    extra: &mut Option<Box<Extra>>,
+    buf: &mut Vec<u8>,
+    want: usize,
+) -> io::Result<usize> {
     let Some(extra) = extra.as_mut().filter(|e| e.tls.is_some()) else {
-        loop {
-            match sock.read(buf) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                r => return r,
-            }
-        }
+        return read_plain(sock, buf, want);
     };
+    // rustls wants initialized room: zero just this read's.
+    let len = buf.len();
+    buf.resize(len + want, 0);
+    let n = read_tls(sock, extra, &mut buf[len..]);
+    buf.truncate(len + *n.as_ref().unwrap_or(&0));
+    n
+}
+
+/// A plain read into `buf`'s spare capacity, which is never zeroed first:
+/// a buffer reserved for a large line takes memory only as it fills.
+fn read_plain(sock: &mut TcpStream, buf: &mut Vec<u8>, want: usize) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let want = want.min(buf.capacity() - buf.len());
+    loop {
+        let spare = buf.spare_capacity_mut();
+        // SAFETY: `spare` is valid for writes of `want` bytes (want is at
+        // most its length), and read(2) writes at most that many.
+        let n = unsafe { libc::read(sock.as_raw_fd(), spare.as_mut_ptr().cast(), want) };
+        if n >= 0 {
+            let n = n as usize;
+            // SAFETY: the first `n` spare bytes were just written by read(2).
+            unsafe { buf.set_len(buf.len() + n) };
+            return Ok(n);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Reads plaintext through a TLS session into `buf`.
+fn read_tls(sock: &mut TcpStream, extra: &mut Extra, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         let Some(tls) = extra.tls.as_mut() else {
             return Ok(0);
@@ -254,6 +305,15 @@ fn read_from(sock: &mut TcpStream, extra: &mut Option<Box<Extra>>, buf: &mut [u8
             Err(e) => return Err(e),
         }
     }
+}
+
+/// What taking one request did.
+enum Take {
+    Took,
+    /// No complete request is left.
+    Empty,
+    /// The request must wait for memory (it is left where it was).
+    Wait,
 }
 
 /// What made a connection stop taking requests this turn.
@@ -334,10 +394,12 @@ impl Server {
         // Connections the memory budget lets read again.
         let conns = &self.conns;
         let alive = |h: Holder| conns.get(h.key).is_some_and(|c| c.id() == h.id);
+        // A turn lasts until what the holder brought in is served: until it
+        // holds little again (its request answered and its reply read).
         let busy = |h: Holder| {
-            conns.get(h.key).is_some_and(|c| {
-                c.id() == h.id && c.session.unframed() > 0 && c.session.hold(max_inflight) == Hold::None
-            })
+            conns
+                .get(h.key)
+                .is_some_and(|c| c.id() == h.id && c.session.held() >= SMALL)
         };
         keys.extend(self.budget.resume(alive, busy).into_iter().map(|h| h.key));
         keys.sort_unstable();
@@ -442,30 +504,42 @@ impl Server {
             if c.session.hold(max_inflight) != Hold::None || self.tasks.is_full() {
                 return Some(Stop::Held);
             }
-            let who = Holder { key, id: c.id() };
-            if !self.budget.may_take(who, c.session.held()) {
-                self.budget.may_read(who, c.session.held());
-                return Some(Stop::Memory);
-            }
             let took = if c.settings.is_http() {
                 self.take_http(key, now)
             } else {
                 self.take_line(key, now)
             };
-            if !took {
-                return None;
+            match took {
+                Take::Took => {}
+                Take::Empty => return None,
+                Take::Wait => return Some(Stop::Memory),
             }
         }
     }
 
-    /// Frames and dispatches one line; false when no complete line is left.
-    fn take_line(&mut self, key: usize, now: Instant) -> bool {
-        let max = self.cfg.limits.max_line_bytes;
-        let Some(c) = self.conns.get_mut(key) else {
+    /// Whether a connection may take a request that makes it hold `need`
+    /// more bytes (the budget's rule); if not, it waits for its turn.
+    fn may_take(&mut self, key: usize, need: usize) -> bool {
+        let Some(c) = self.conns.get(key) else {
             return false;
         };
+        let who = Holder { key, id: c.id() };
+        let holds = c.session.held();
+        if self.budget.may_take(who, holds + need, c.session.inflight()) {
+            return true;
+        }
+        self.budget.may_read(who, holds.max(SMALL));
+        false
+    }
+
+    /// Frames and dispatches one line.
+    fn take_line(&mut self, key: usize, now: Instant) -> Take {
+        let max = self.cfg.limits.max_line_bytes;
+        let Some(c) = self.conns.get_mut(key) else {
+            return Take::Empty;
+        };
         let Some(frame) = c.session.next_frame(max) else {
-            return false;
+            return Take::Empty;
         };
         let origin = c.origin(key);
         let range = match frame {
@@ -474,18 +548,25 @@ impl Server {
                 let format = if json { Format::Json } else { Format::Text };
                 // `too-long` comes first: even a draining daemon says it.
                 self.refuse(&origin, &Rejection::bare(format, Failure::too_long(max)));
-                return true;
+                return Take::Took;
             }
             Framed::Line(range) => range,
         };
         if protocol::is_blank(c.session.line(range.clone())) {
-            return true;
+            return Take::Took;
         }
-        c.session.touch(now);
         let settings = Rc::clone(&c.settings);
         let ctx = self.parse_ctx(&settings);
+        let parsed = protocol::parse_line(self.conns[key].session.line(range.clone()), &ctx);
+        if let Ok(req) = &parsed
+            && !self.may_take(key, self.task_bytes(req, range.len()))
+        {
+            // Framed again when its turn comes.
+            self.conns[key].session.unframe(range.start);
+            return Take::Wait;
+        }
         let c = &mut self.conns[key];
-        let parsed = protocol::parse_line(c.session.line(range.clone()), &ctx);
+        c.session.touch(now);
         let payload = match &parsed {
             Ok(req) => match &req.args {
                 Args::Values { span, syntax, .. } => {
@@ -508,15 +589,14 @@ impl Server {
             Err(_) => None,
         };
         self.dispatch(&origin, parsed, payload, now);
-        true
+        Take::Took
     }
 
-    /// Parses and handles one HTTP request; false when no complete request
-    /// is left.
-    fn take_http(&mut self, key: usize, now: Instant) -> bool {
+    /// Parses and handles one HTTP request.
+    fn take_http(&mut self, key: usize, now: Instant) -> Take {
         let max = self.cfg.limits.max_line_bytes;
         let Some(c) = self.conns.get_mut(key) else {
-            return false;
+            return Take::Empty;
         };
         let parsed = http::parse_request(c.session.unframed_input(), max);
         match parsed {
@@ -525,7 +605,7 @@ impl Server {
                     // A request cut short by EOF gets no answer.
                     c.session.discard_input();
                     c.session.finish();
-                    return false;
+                    return Take::Empty;
                 }
                 // curl waits for "100 Continue" before a larger body.
                 if !c.extra.as_ref().is_some_and(|e| e.continue_sent)
@@ -535,7 +615,7 @@ impl Server {
                     c.session
                         .reply_now(&mut self.buffers, |out| out.extend_from_slice(http::CONTINUE));
                 }
-                false
+                Take::Empty
             }
             Parsed::Error(e) => {
                 c.session.discard_input();
@@ -544,27 +624,35 @@ impl Server {
                 c.session.finish();
                 let proto = c.settings.proto().as_str();
                 self.books.metrics.record_http_error(proto, e.code);
-                false
+                Take::Empty
             }
             Parsed::Request { mut req, consumed } => {
-                let refusing = self.refusing(now);
+                let settings = Rc::clone(&c.settings);
+                let close = !req.keep_alive || self.refusing(now);
+                let head = req.method == "HEAD";
+                let action = http::route(&mut req, &self.parse_ctx(&settings), close);
+                let need = match &action {
+                    Action::Request { req, bytes } => self.task_bytes(req, bytes.len()),
+                    Action::Statistics => self.books.users.rendered_size(),
+                    _ => 0,
+                };
+                if !self.may_take(key, need) {
+                    // Parsed again from the buffer when its turn comes.
+                    return Take::Wait;
+                }
                 let Some(c) = self.conns.get_mut(key) else {
-                    return false;
+                    return Take::Empty;
                 };
                 c.session.consume(consumed);
                 c.session.touch(now);
                 if let Some(e) = c.extra.as_mut() {
                     e.continue_sent = false;
                 }
-                let close = !req.keep_alive || refusing;
-                let settings = Rc::clone(&c.settings);
-                let head = req.method == "HEAD";
-                let action = http::route(&mut req, &self.parse_ctx(&settings), close);
                 self.handle_http(key, action, close, head, now);
                 if close {
                     self.end_requests(key);
                 }
-                true
+                Take::Took
             }
         }
     }

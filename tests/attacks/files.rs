@@ -14,8 +14,8 @@ use crate::{clip, verdict};
 const PROMPT_EXIT: Duration = Duration::from_secs(5);
 
 #[test]
-#[ignore = "issue 10: /statistics ignores `[ops.users] enabled = false` and lists every user"]
 fn statistics_when_users_is_disabled() {
+    let _one_at_a_time = crate::exclusive();
     let d = Launch::http("[ops.users]\nenabled = false\n").start();
     let mut c = d.http();
     let r = c.ask(crate::common::http_get("/v1/max?values=1,2&username=alice"));
@@ -65,8 +65,8 @@ fn logged(d: &Daemon, id: &str) -> Vec<serde_json::Value> {
 /// (256 KiB, two kept) must still hold the request, and each `users` line
 /// the number of names, not the table.
 #[test]
-#[ignore = "issue 10: the whole `users` table is logged as its result, rotating the log's history away"]
 fn users_of_a_big_table_and_the_results_log() {
+    let _one_at_a_time = crate::exclusive();
     const NAMES: usize = 20_000;
     let mut d =
         Launch::line("[results_log]\nmax_bytes = 262144\nkeep = 2\n\n[limits]\nmax_users = 100000\n").start();
@@ -189,8 +189,8 @@ fn touch_users(d: &Daemon) {
 }
 
 #[test]
-#[ignore = "issue 10: users.json.tmp is opened without O_EXCL/O_NOFOLLOW: a symlink there is followed"]
 fn a_symlink_in_place_of_users_json_tmp() {
+    let _one_at_a_time = crate::exclusive();
     let mut d = Launch::line("").start();
     let victim = d.file("victim");
     std::fs::write(&victim, "precious\n").expect("victim");
@@ -205,9 +205,8 @@ fn a_symlink_in_place_of_users_json_tmp() {
 }
 
 #[test]
-#[ignore = "issue 10: users.json.tmp is opened for writing whatever it is: on a FIFO the writer blocks for \
-            ever and SIGTERM hangs"]
 fn a_fifo_in_place_of_users_json_tmp() {
+    let _one_at_a_time = crate::exclusive();
     let mut d = Launch::line("").start();
     mkfifo(&d.file("users.json.tmp"));
     touch_users(&d);
@@ -243,8 +242,8 @@ fn replace_results_log(d: &Daemon, plant: impl FnOnce(&Path), requests: usize) {
 }
 
 #[test]
-#[ignore = "issue 10: the results log is opened without O_NOFOLLOW: a symlink there is followed"]
 fn a_symlink_in_place_of_results_log() {
+    let _one_at_a_time = crate::exclusive();
     let mut d = Launch::line("").start();
     let victim = d.file("victim");
     std::fs::write(&victim, "precious\n").expect("victim");
@@ -262,9 +261,8 @@ fn a_symlink_in_place_of_results_log() {
 }
 
 #[test]
-#[ignore = "issue 10: the results log is opened whatever it is: on a FIFO the writer blocks once the pipe is \
-            full and SIGTERM hangs"]
 fn a_fifo_in_place_of_results_log() {
+    let _one_at_a_time = crate::exclusive();
     let mut d = Launch::line("").start();
     // Enough lines to fill a pipe's 64 KiB.
     replace_results_log(&d, mkfifo, 2_000);

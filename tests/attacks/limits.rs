@@ -45,9 +45,8 @@ fn read_all(s: &mut TcpStream, timeout: Duration) -> (Vec<u8>, bool) {
 /// 25 served connections, and 25 places remain for the others (a refusal
 /// in progress is no connection of the limit).
 #[test]
-#[ignore = "issue 10: every connection over the limit is accepted, registered and held ~2 s; one address can \
-            drive the daemon to EMFILE and delay the others"]
 fn two_thousand_connections_over_max_connections() {
+    let _one_at_a_time = crate::exclusive();
     const FLOOD: usize = 2_000;
     const MAX_CONNECTIONS: usize = 50;
     const FLOOD_TIME: Duration = Duration::from_secs(5);
@@ -185,8 +184,8 @@ fn two_thousand_connections_over_max_connections() {
 /// Over the limit on an HTTP listener: a `429` with `Retry-After: 1`,
 /// then a close, never a bare line-protocol `ERR busy`.
 #[test]
-#[ignore = "issue 10: an HTTP client over the limit gets a bare `ERR busy` line, not a 429"]
 fn over_max_connections_http_clients_get_429() {
+    let _one_at_a_time = crate::exclusive();
     let d = Launch::http("[limits]\nmax_connections = 5\n\n[results_log]\npath = \"\"\n").start();
     let mut held: Vec<HttpConn> = (0..5).map(|_| d.http()).collect();
     for c in &mut held {
@@ -223,8 +222,8 @@ fn over_max_connections_http_clients_get_429() {
 /// Over the limit on a TLS listener: a plain close, without a byte of
 /// TLS (no session is set up for a refused client).
 #[test]
-#[ignore = "issue 10: a TLS client over the limit is given a session (ServerHello) before it is refused"]
 fn over_max_connections_tls_clients_get_a_plain_close() {
+    let _one_at_a_time = crate::exclusive();
     let ca = Ca::new("test CA");
     let d = launch_tls(
         "tls",

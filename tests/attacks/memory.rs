@@ -61,7 +61,7 @@ fn queued_payloads(what: &str, line: fn(usize) -> Vec<u8>) {
     const CONNECTIONS: usize = 4;
     const LINES: usize = 32;
     let d = Launch::line(&format!("[server]\nworkers = 1\n\n{}", limits())).start();
-    let bound = MemoryBound::measure(&d, BUDGET, CONNECTIONS as u64 + 1, PER_CONNECTION);
+    let bound = MemoryBound::measure(&d, BUDGET, CONNECTIONS as u64 + 1, PER_CONNECTION).with_line(MIB);
     // The worker, busy for seconds (or, time-sliced, busy most of the time).
     let mut busy = d.connect();
     busy.send("#busy pi 10000000000 1");
@@ -123,8 +123,8 @@ fn queued_payloads(what: &str, line: fn(usize) -> Vec<u8>) {
 }
 
 #[test]
-#[ignore = "issue 10: the payloads of queued tasks are not counted against max_buffered_bytes"]
 fn pipelined_megabyte_text_lines_behind_a_busy_worker() {
+    let _one_at_a_time = crate::exclusive();
     queued_payloads(
         "128 x 1 MiB text lines on 4 connections behind a busy worker",
         megabyte_text_line,
@@ -132,8 +132,8 @@ fn pipelined_megabyte_text_lines_behind_a_busy_worker() {
 }
 
 #[test]
-#[ignore = "issue 10: JSON lines are parsed on the loop into values 16-24x their size, and not counted"]
 fn pipelined_megabyte_json_lines_behind_a_busy_worker() {
+    let _one_at_a_time = crate::exclusive();
     queued_payloads(
         "128 x 1 MiB JSON lines on 4 connections behind a busy worker",
         megabyte_json_line,
@@ -160,11 +160,10 @@ fn small_window(addr: SocketAddr) -> TcpStream {
 }
 
 #[test]
-#[ignore = "issue 10: replies waiting for a client that does not read are not counted against \
-            max_buffered_bytes (1 MiB each)"]
 fn two_hundred_tcp_clients_that_never_read() {
+    let _one_at_a_time = crate::exclusive();
     let d = Launch::line(&limits()).start();
-    let bound = MemoryBound::measure(&d, BUDGET, GREEDY_CLIENTS as u64 + 1, PER_CONNECTION);
+    let bound = MemoryBound::measure(&d, BUDGET, GREEDY_CLIENTS as u64 + 1, PER_CONNECTION).with_line(MIB);
     let watch = RssWatch::start(d.pid(), 2 * bound.kib(), Duration::from_secs(60));
     let requests = "info\n".repeat(GREEDY_REQUESTS);
     let mut held = Vec::new();
@@ -193,12 +192,12 @@ fn two_hundred_tcp_clients_that_never_read() {
 }
 
 #[test]
-#[ignore = "issue 10: replies and rustls buffers of clients that do not read are not counted against \
-            max_buffered_bytes"]
 fn two_hundred_tls_clients_that_never_read() {
+    let _one_at_a_time = crate::exclusive();
     let ca = Ca::new("test CA");
     let d = launch_tls("tls", &ca, None, &limits()).start();
-    let bound = MemoryBound::measure(&d, BUDGET, GREEDY_CLIENTS as u64 + 1, PER_TLS_CONNECTION);
+    let bound =
+        MemoryBound::measure(&d, BUDGET, GREEDY_CLIENTS as u64 + 1, PER_TLS_CONNECTION).with_line(MIB);
     let watch = RssWatch::start(d.pid(), 2 * bound.kib(), Duration::from_secs(90));
     let config = client_config(&[ca.der()], None);
     let requests = "info\n".repeat(GREEDY_REQUESTS);
@@ -244,8 +243,8 @@ fn two_hundred_tls_clients_that_never_read() {
 /// 2,000 datagrams of 60 KB, each one JSON `sum` of 30,000 values, sent
 /// as fast as the daemon takes them while its only worker is busy.
 #[test]
-#[ignore = "issue 10: UDP datagrams are parsed on the loop and queued without limit; none gets ERR busy"]
 fn two_thousand_64_kb_json_datagrams() {
+    let _one_at_a_time = crate::exclusive();
     const DATAGRAMS: usize = 2_000;
     let d = Launch::config(|port| {
         format!(
@@ -256,7 +255,7 @@ fn two_thousand_64_kb_json_datagrams() {
         )
     })
     .start();
-    let bound = MemoryBound::measure(&d, BUDGET, 2, PER_CONNECTION);
+    let bound = MemoryBound::measure(&d, BUDGET, 2, PER_CONNECTION).with_line(MIB);
     let mut busy = d.connect();
     busy.send("#busy pi 10000000000 1");
     thread::sleep(Duration::from_millis(200));

@@ -47,8 +47,8 @@ fn fill_users(c: &mut LineClient, n: usize) {
 }
 
 #[test]
-#[ignore = "issue 10: WATCHDOG=1 is sent on the 250 ms tick, not at half of WATCHDOG_USEC"]
 fn a_200_ms_watchdog_is_petted_every_100_ms() {
+    let _one_at_a_time = crate::exclusive();
     let n = Notifications::listen();
     let (key, path) = n.env();
     let usec = WATCHDOG_USEC.to_string();
@@ -79,9 +79,8 @@ fn a_200_ms_watchdog_is_petted_every_100_ms() {
 /// 100,000 names in the users table (`max_users`' default), then 30
 /// connections a second each asking `users` and never reading the reply.
 #[test]
-#[ignore = "issue 10: `users` is rendered whole on the loop, inside the accept loop, and its replies are not \
-            counted against max_buffered_bytes"]
 fn users_requests_on_a_full_users_table() {
+    let _one_at_a_time = crate::exclusive();
     const NAMES: usize = 100_000;
     const BUDGET: u64 = 4 * MIB;
     const ATTACK: Duration = Duration::from_secs(3);
@@ -98,7 +97,9 @@ fn users_requests_on_a_full_users_table() {
     fill_users(&mut d.connect(), NAMES);
     // The table is state max_users allows: the bound is over it.
     let attackers = ATTACK.as_secs() * PER_SECOND;
-    let bound = MemoryBound::measure(&d, BUDGET, attackers + 2, PER_CONNECTION);
+    // One request: the rendered table, at most 112 bytes per name.
+    let bound =
+        MemoryBound::measure(&d, BUDGET, attackers + 2, PER_CONNECTION).with_request(NAMES as u64 * 112);
     let watch = RssWatch::start(d.pid(), 2 * bound.kib(), ATTACK + Duration::from_secs(10));
     let probe = Probe::start(d.tcp, "ping", "OK pong", Duration::from_millis(50));
     let from = Instant::now();
@@ -152,9 +153,8 @@ fn sum_line(values: usize, v: u64) -> (Vec<u8>, u128) {
 /// 40 clients each send one legal 8 MiB `sum` line at once: more than
 /// max_buffered_bytes together. They must all be answered, in turn.
 #[test]
-#[ignore = "issue 10: over max_buffered_bytes every connection holding data is paused: none can finish its line \
-            (deadlock)"]
 fn forty_clients_with_one_8_mib_sum_line_each() {
+    let _one_at_a_time = crate::exclusive();
     const CLIENTS: u64 = 40;
     /// Nine-digit values and their spaces: 838,000 of them fill 8 MiB
     /// (8,380,004 bytes, under max_line_bytes' 8,388,608) without
@@ -168,7 +168,7 @@ fn forty_clients_with_one_8_mib_sum_line_each() {
         "[server]\nworkers = 2\n\n[limits]\nmax_buffered_bytes = {BUDGET}\n\n[results_log]\npath = \"\"\n"
     ))
     .start();
-    let bound = MemoryBound::measure(&d, BUDGET, CLIENTS + 1, PER_CONNECTION);
+    let bound = MemoryBound::measure(&d, BUDGET, CLIENTS + 1, PER_CONNECTION).with_line(8 * MIB);
     let progress = Arc::new(AtomicU64::new(0));
     let give_up = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
@@ -255,8 +255,8 @@ fn forty_clients_with_one_8_mib_sum_line_each() {
 /// limit, 4 MiB budget), then close. What they held must be given back:
 /// a later request over 64 KiB is served at once.
 #[test]
-#[ignore = "issue 10: the buffers of connections closed while paused are never given back to the budget"]
 fn parked_unfinished_lines_then_closed() {
+    let _one_at_a_time = crate::exclusive();
     const BUDGET: u64 = 4 * MIB;
     let d = Launch::line(&format!(
         "[limits]\nmax_line_bytes = {}\nmax_buffered_bytes = {BUDGET}\n\n[results_log]\npath = \"\"\n",
@@ -333,8 +333,8 @@ fn parked_unfinished_lines_then_closed() {
 /// One legal 8 MiB JSON line (838,000 values) while a probe pings; sent
 /// three times in a row, on new connections, so that a probe meets one.
 #[test]
-#[ignore = "issue 10: a JSON line is parsed whole on the loop"]
 fn one_8_mib_json_line() {
+    let _one_at_a_time = crate::exclusive();
     let d = Launch::line("[results_log]\npath = \"\"\n").start();
     let values = vec!["100000001"; 838_000].join(",");
     let line = format!("{{\"id\": \"big\", \"op\": \"sum\", \"values\": [{values}]}}");
@@ -365,8 +365,8 @@ fn one_8_mib_json_line() {
 /// One 8 MiB JSON line of nested arrays (30 deep, under the 32 allowed),
 /// while a probe pings: a `parse` error, without a stall or a memory peak.
 #[test]
-#[ignore = "issue 10: a JSON line is parsed whole on the loop into a tree many times its size"]
 fn one_8_mib_json_line_of_nested_arrays() {
+    let _one_at_a_time = crate::exclusive();
     const BUDGET: u64 = 8 * MIB;
     let d = Launch::line(&format!(
         "[limits]\nmax_buffered_bytes = {BUDGET}\n\n[results_log]\npath = \"\"\n"
@@ -379,7 +379,7 @@ fn one_8_mib_json_line_of_nested_arrays() {
         vec![nest; count].join(",")
     );
     assert!(line.len() < 8 << 20);
-    let bound = MemoryBound::measure(&d, BUDGET, 2, PER_CONNECTION);
+    let bound = MemoryBound::measure(&d, BUDGET, 2, PER_CONNECTION).with_line(8 * MIB);
     let probe = Probe::start(d.tcp, "ping", "OK pong", Duration::from_millis(20));
     thread::sleep(Duration::from_millis(100));
     let mut c = LineClient::try_connect(d.tcp, Duration::from_secs(60)).expect("connect");
@@ -405,8 +405,8 @@ fn one_8_mib_json_line_of_nested_arrays() {
 /// `max 1 2` (and other small requests) while a `pi 10000000000 2` keeps
 /// both workers busy: each answered within 100 ms.
 #[test]
-#[ignore = "issue 10: pi chunks run whole and go first; nothing is time-sliced"]
 fn max_1_2_during_pi_10000000000_2() {
+    let _one_at_a_time = crate::exclusive();
     const BOUND: Duration = Duration::from_millis(100);
     let d = Launch::line("[server]\nworkers = 2\n\n[results_log]\npath = \"\"\n").start();
     let mut pi = d.connect();

@@ -37,7 +37,11 @@ fn mutual_tls_attributes_requests_to_the_certificate_and_refuses_others() {
     assert!(denied.starts_with("#b ERR denied "), "{denied}");
     assert_eq!(c7.ask("@client-7 sum 1 2"), "OK 3");
     let users = user_counts(&c7.ask("users"));
-    assert_eq!(users.get("client-7"), Some(&3), "two sums and users itself: {users:?}");
+    assert_eq!(
+        users.get("client-7"),
+        Some(&3),
+        "two sums and users itself: {users:?}"
+    );
     assert_eq!(users.get("bob"), None, "{users:?}");
     assert!(!users.contains_key("anonymous"), "{users:?}");
     let failures_before = tls_failures(&info_of(&mut c7));
