@@ -6,14 +6,24 @@
 //! `shutting-down` while the tasks accepted before run to their answer;
 //! at `shutdown_timeout_s` whatever is still queued or running is answered
 //! `shutting-down`, and the loop ends once the replies are written.
+//!
+//! Sockets passed by systemd are never closed, but from the second phase on
+//! they are no longer accepted from or read: new connections and datagrams
+//! wait in the kernel's queues for the next instance, so a restart under
+//! socket activation refuses nothing. Once everything is answered, no
+//! listener is read any more and every connection left gets a lingering
+//! close; the loop ends when the clients have closed (or their 2 s are
+//! over), so the exit resets none of them.
 
 use std::collections::HashSet;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
+use mio::{Interest, Token};
+
 use super::conn::State;
 use super::listener::ListenerSettings;
-use super::{Server, Sock, ready_capacity, resolve_workers};
+use super::{LISTENER_BASE, Server, Sock, ready_capacity, resolve_workers};
 use crate::config::{self, Config, listener_key};
 use crate::protocol::Code;
 use crate::systemd;
@@ -70,6 +80,8 @@ impl Server {
             deadline: now + timeout,
             expired: false,
         });
+        // Without a delay, the passed sockets are left alone right away.
+        self.drain_tick(now);
     }
 
     /// Whether new requests are answered `shutting-down`.
@@ -91,6 +103,7 @@ impl Server {
             return;
         }
         let past_deadline = now >= d.deadline && !d.expired;
+        self.stop_listening(true);
         let idle: Vec<usize> = self
             .conns
             .iter()
@@ -139,19 +152,69 @@ impl Server {
         self.flush_dirty(now);
     }
 
-    /// Whether the loop may end: every task answered and every reply
-    /// written (or the final grace period after the deadline is over).
+    /// Whether the loop may end: every task answered, every reply written
+    /// and every connection closed (or the final grace period after the
+    /// deadline is over). Once all is answered, nothing more is accepted
+    /// or read, and the connections left get a lingering close: a client
+    /// sees the end of its connection, not a reset by the exit.
     pub(super) fn drain_complete(&mut self, now: Instant) -> bool {
         let Some(d) = &self.drain else { return false };
         if now < d.refuse_from {
             return false;
         }
+        if now >= d.deadline + FINAL_FLUSH {
+            return true;
+        }
         let written = self
             .conns
             .iter()
             .all(|(_, c)| c.all_sent() || matches!(c.state, State::Lingering { .. }));
-        let done = self.tasks.is_empty() && self.batches.is_empty() && written;
-        done || now >= d.deadline + FINAL_FLUSH
+        if !(self.tasks.is_empty() && self.batches.is_empty() && written) {
+            return false;
+        }
+        self.stop_listening(false);
+        let open: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.state == State::Open)
+            .map(|(k, _)| k)
+            .collect();
+        for key in open {
+            if let Some(c) = self.conns.get_mut(key) {
+                c.state = State::Finishing;
+            }
+            self.maybe_finish(key, now);
+        }
+        self.conns.is_empty()
+    }
+
+    /// Stops accepting and reading on the sockets systemd passed
+    /// (`passed_only`), or on every listener. The sockets stay open: new
+    /// connections and datagrams wait in the kernel's queues, for the next
+    /// instance when systemd holds the sockets. A UDP socket stays
+    /// registered for writing, for the replies still queued.
+    fn stop_listening(&mut self, passed_only: bool) {
+        for (key, l) in self.listeners.iter_mut() {
+            if l.stopped || (passed_only && !l.passed) {
+                continue;
+            }
+            l.stopped = true;
+            let registry = self.poll.registry();
+            let result = match &mut l.sock {
+                Sock::Tcp(t) => registry.deregister(t),
+                Sock::Udp(u, _) => registry.reregister(u, Token(LISTENER_BASE + key), Interest::WRITABLE),
+            };
+            let s = &l.settings.cfg;
+            match result {
+                Ok(()) if l.passed => log::info!(
+                    "draining: {} {} (socket from systemd) left to the next start",
+                    s.proto.as_str(),
+                    s.address
+                ),
+                Ok(()) => {}
+                Err(e) => log::warn!("cannot stop listening on {} {}: {e}", s.proto.as_str(), s.address),
+            }
+        }
     }
 
     /// SIGHUP: read and validate the whole configuration again; apply it

@@ -96,6 +96,9 @@ struct Listener {
     sock: Sock,
     /// Passed by systemd: never closed by taskd, not even on reload.
     passed: bool,
+    /// No longer accepting or reading (late in a drain); the socket stays
+    /// open.
+    stopped: bool,
 }
 
 /// IPv4 clients of a dual-stack socket appear as ::ffff:a.b.c.d; `allow`
@@ -343,6 +346,7 @@ impl Server {
             settings,
             sock,
             passed: is_passed,
+            stopped: false,
         });
         Ok(key)
     }
@@ -405,15 +409,19 @@ impl Server {
             t if t == SIGNALS.0 => self.on_signals(now),
             t if (LISTENER_BASE..CONN_BASE).contains(&t) => {
                 let key = t - LISTENER_BASE;
-                match self.listeners.get(key).map(|l| &l.sock) {
-                    Some(Sock::Tcp(_)) => self.accept(key, now),
-                    Some(Sock::Udp(..)) => {
+                let Some(l) = self.listeners.get(key) else { return };
+                let stopped = l.stopped;
+                match l.sock {
+                    Sock::Tcp(_) if !stopped => self.accept(key, now),
+                    Sock::Tcp(_) => {}
+                    Sock::Udp(..) => {
                         if writable {
                             self.udp_flush_out(key);
                         }
-                        self.udp_read(key, now);
+                        if !stopped {
+                            self.udp_read(key, now);
+                        }
                     }
-                    None => {}
                 }
             }
             t if t >= CONN_BASE => {
@@ -434,7 +442,7 @@ impl Server {
             let keys: Vec<usize> = self
                 .listeners
                 .iter()
-                .filter(|(_, l)| matches!(l.sock, Sock::Tcp(_)))
+                .filter(|(_, l)| matches!(l.sock, Sock::Tcp(_)) && !l.stopped)
                 .map(|(k, _)| k)
                 .collect();
             for key in keys {
