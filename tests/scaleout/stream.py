@@ -172,6 +172,13 @@ class Client:
                 r = self.sock.getresponse()
                 body = r.read()
                 closing = r.getheader("Connection", "").lower() == "close"
+            except http.client.RemoteDisconnected:
+                # The end of the connection, no reset, before a response: the
+                # server closed a keep-alive connection (a subclass of
+                # ConnectionResetError, so first).
+                self.counts["retried_eof"] += 1
+                self.close()
+                continue
             except ConnectionRefusedError as e:
                 self.fail("refused", e)
                 self.close()
@@ -179,11 +186,6 @@ class Client:
                 continue
             except (ConnectionResetError, BrokenPipeError) as e:
                 self.fail("reset", e)
-                self.close()
-                continue
-            except http.client.RemoteDisconnected:
-                # The server closed a keep-alive connection between requests.
-                self.counts["retried_eof"] += 1
                 self.close()
                 continue
             except socket.timeout as e:
