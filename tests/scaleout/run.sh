@@ -230,14 +230,14 @@ EOF
     return "$rc"
 }
 # ids_per_host PREFIX: how many requests with ids starting with PREFIX each
-# instance's results log has answered OK ("N1 N2").
+# instance's results log (rotated files included) has answered OK ("N1 N2").
 ids_per_host() {
     python3 - "$1" "$work/h1/results.log" "$work/h2/results.log" <<'EOF'
-import json, sys
+import glob, json, sys
 out = []
 for path in sys.argv[2:]:
     n = 0
-    for line in open(path):
+    for line in (line for p in glob.glob(path + ".*") + [path] for line in open(p)):
         r = json.loads(line)
         n += bool(r.get("ok") and str(r.get("id", "")).startswith(sys.argv[1]))
     out.append(str(n))
@@ -501,7 +501,7 @@ done
 logs_flushed
 check "every request of the streams answered OK exactly once over both hosts' results logs, and the streams went on through taskd 2 after taskd 1 exited" \
     python3 - "$work" "$exit_time" <<'EOF'
-import collections, datetime, json, sys
+import collections, datetime, glob, json, sys
 work, exit_time = sys.argv[1], float(sys.argv[2])
 sent = set()
 for s in ("drain-ha-tcp", "drain-ha-http", "drain-ng-tcp", "drain-ng-udp"):
@@ -510,7 +510,9 @@ for s in ("drain-ha-tcp", "drain-ha-http", "drain-ng-tcp", "drain-ng-udp"):
 ok = collections.Counter()
 after = collections.Counter()
 for h in ("h1", "h2"):
-    for line in open(f"{work}/{h}/results.log"):
+    # Rotated files first (results.log.5 ... .1), then the current one.
+    paths = sorted(glob.glob(f"{work}/{h}/results.log.*"), reverse=True) + [f"{work}/{h}/results.log"]
+    for line in (line for p in paths for line in open(p)):
         r = json.loads(line)
         rid = str(r.get("id"))
         if rid.startswith("drain-") and r.get("ok"):
