@@ -153,7 +153,9 @@ impl Server {
                     self.ready.accept.push(key);
                     break;
                 }
-                let Some(Sock::Tcp(listener)) = self.listeners.get(key).map(|l| &l.sock) else {
+                let Some(Sock::Tcp(listener)) =
+                    self.listeners.get(key).filter(|l| !l.stopped).map(|l| &l.sock)
+                else {
                     break;
                 };
                 match listener.accept() {
@@ -260,7 +262,7 @@ impl Server {
     /// freed); the kernel's backlog holds new clients meanwhile.
     fn close_door(&mut self, until: Instant) {
         if self.door.is_open() {
-            for (_, l) in self.listeners.iter_mut() {
+            for (_, l) in self.listeners.iter_mut().filter(|(_, l)| !l.stopped) {
                 if let Sock::Tcp(s) = &mut l.sock {
                     let _ = self.poll.registry().deregister(s);
                 }
@@ -277,7 +279,7 @@ impl Server {
             return;
         }
         self.door.closed_until = None;
-        for (key, l) in self.listeners.iter_mut() {
+        for (key, l) in self.listeners.iter_mut().filter(|(_, l)| !l.stopped) {
             if let Sock::Tcp(s) = &mut l.sock {
                 let token = Token(LISTENER_BASE + key);
                 if let Err(e) = self.poll.registry().register(s, token, Interest::READABLE) {

@@ -7,6 +7,14 @@
 //! `shutting-down` while the tasks accepted before run to their answer;
 //! at `shutdown_timeout_s` whatever is still queued or running is answered
 //! `shutting-down`, and the loop ends once the replies are written.
+//!
+//! Sockets passed by systemd are never closed, but from the second phase on
+//! they are no longer accepted from or read: new connections and datagrams
+//! wait in the kernel's queues for the next instance, so a restart under
+//! socket activation refuses nothing. Once everything is answered, no
+//! listener is read any more and every connection left gets a lingering
+//! close; the loop ends when the clients have closed (or their 2 s are
+//! over), so the exit resets none of them.
 
 use std::collections::HashSet;
 use std::rc::Rc;
@@ -14,7 +22,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::conn::Phase;
 use super::listener::ListenerSettings;
-use super::{Server, Sock, TICK, log_settings, ready_capacity, resolve_workers};
+use mio::{Interest, Token};
+
+use super::{LISTENER_BASE, Server, Sock, TICK, log_settings, ready_capacity, resolve_workers};
 use crate::config::{self, Config, listener_key};
 use crate::protocol::Failure;
 use crate::signals::Signals;
@@ -138,6 +148,8 @@ impl Server {
             deadline: now + timeout,
             expired: false,
         });
+        // Without a delay, the passed sockets are left alone right away.
+        self.drain_tick(now);
     }
 
     /// Whether new requests are answered `shutting-down`.
@@ -147,6 +159,9 @@ impl Server {
 
     /// The drain's deadline: every task left is answered `shutting-down`.
     pub(super) fn drain_tick(&mut self, now: Instant) {
+        if self.refusing(now) {
+            self.stop_listening(true);
+        }
         let Some(d) = self.life.drain.as_mut() else { return };
         if now < d.deadline || d.expired {
             return;
@@ -162,19 +177,70 @@ impl Server {
         self.write_all(now);
     }
 
-    /// Whether the loop may end: every task answered and every reply
-    /// written (or the final grace period after the deadline is over).
+    /// Whether the loop may end: every task answered, every reply written
+    /// and every connection closed (or the final grace period after the
+    /// deadline is over). Once all is answered, nothing more is accepted
+    /// or read, and the connections left get a lingering close: a client
+    /// sees the end of its connection, not a reset by the exit.
     pub(super) fn drain_complete(&mut self, now: Instant) -> bool {
         let Some(d) = &self.life.drain else { return false };
         if now < d.refuse_from {
             return false;
         }
+        if now >= d.deadline + FINAL_FLUSH {
+            return true;
+        }
         let written = self
             .conns
             .iter()
             .all(|(_, c)| c.session.all_sent() || matches!(c.session.phase(), Phase::Lingering { .. }));
-        let done = self.tasks.is_empty() && self.batches.is_empty() && written;
-        done || now >= d.deadline + FINAL_FLUSH
+        if !(self.tasks.is_empty() && self.batches.is_empty() && written) {
+            return false;
+        }
+        self.stop_listening(false);
+        let open: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.session.phase() == Phase::Open)
+            .map(|(k, _)| k)
+            .collect();
+        for key in open {
+            self.end_requests(key);
+        }
+        self.write_all(now);
+        self.conns.is_empty()
+    }
+
+    /// Stops accepting and reading on the sockets systemd passed
+    /// (`passed_only`), or on every listener. The sockets stay open: new
+    /// connections and datagrams wait in the kernel's queues, for the next
+    /// instance when systemd holds the sockets. A UDP socket stays
+    /// registered for writing, for the replies still queued.
+    fn stop_listening(&mut self, passed_only: bool) {
+        let door_open = self.door.is_open();
+        for (key, l) in self.listeners.iter_mut() {
+            if l.stopped || (passed_only && !l.passed) {
+                continue;
+            }
+            l.stopped = true;
+            let registry = self.poll.registry();
+            let result = match &mut l.sock {
+                // A closed door has taken it out of the loop already.
+                Sock::Tcp(_) if !door_open => Ok(()),
+                Sock::Tcp(t) => registry.deregister(t),
+                Sock::Udp(u, _) => registry.reregister(u, Token(LISTENER_BASE + key), Interest::WRITABLE),
+            };
+            let s = &l.settings.cfg;
+            match result {
+                Ok(()) if l.passed => log::info!(
+                    "draining: {} {} (socket from systemd) left to the next start",
+                    s.proto.as_str(),
+                    s.address
+                ),
+                Ok(()) => {}
+                Err(e) => log::warn!("cannot stop listening on {} {}: {e}", s.proto.as_str(), s.address),
+            }
+        }
     }
 
     /// SIGHUP: read and validate the whole configuration again; apply it

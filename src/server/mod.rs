@@ -113,6 +113,8 @@ struct Listener {
     sock: Sock,
     /// Passed by systemd: never closed by taskd, not even on reload.
     passed: bool,
+    /// Taken out of the loop by a drain: never accepted from or read again.
+    stopped: bool,
 }
 
 /// IPv4 clients of a dual-stack socket appear as ::ffff:a.b.c.d; `allow`
@@ -325,6 +327,7 @@ impl Server {
             settings,
             sock,
             passed: is_passed,
+            stopped: false,
         });
         if matches!(self.listeners[key].sock, Sock::Tcp(_)) {
             self.ready.accept.push(key);
@@ -368,7 +371,7 @@ impl Server {
             SIGNALS => self.ready.signals = true,
             Token(t) if (LISTENER_BASE..CONN_BASE).contains(&t) => {
                 let key = t - LISTENER_BASE;
-                match self.listeners.get(key).map(|l| &l.sock) {
+                match self.listeners.get(key).filter(|l| !l.stopped).map(|l| &l.sock) {
                     Some(Sock::Tcp(_)) => self.ready.accept.push(key),
                     Some(Sock::Udp(..)) => {
                         if ev.is_writable() {

@@ -55,7 +55,8 @@ impl Server {
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut cut_short = true;
         for _ in 0..DATAGRAMS_PER_TURN {
-            let Some(Sock::Udp(sock, _)) = self.listeners.get(index).map(|l| &l.sock) else {
+            let Some(Sock::Udp(sock, _)) = self.listeners.get(index).filter(|l| !l.stopped).map(|l| &l.sock)
+            else {
                 cut_short = false;
                 break;
             };
