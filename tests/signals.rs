@@ -179,6 +179,13 @@ fn sigterm_under_load_answers_every_request_once_and_exits_0() {
     );
     d.send_signal(libc::SIGTERM);
     let signal_at = Instant::now();
+    // Requests sent from now on must be refused: the daemon must have seen
+    // the signal first (kill(2) returns before it is handled, and a fast
+    // daemon could read a request sent right after it before noticing).
+    assert!(
+        wait_until(Duration::from_secs(5), || d.stderr().contains("draining:")),
+        "no drain logged after SIGTERM"
+    );
     signalled.store(true, Ordering::SeqCst);
     let runs: Vec<ClientRun> = clients
         .into_iter()
@@ -324,7 +331,8 @@ fn drain_delay_keeps_serving_then_refuses() {
     // exit as soon as it starts refusing); one chunk, so a worker stays free
     // for the small requests.
     let mut long = d.connect();
-    long.send("#long pi 2000000000 1");
+    // The largest pi allowed: seconds even on a fast vectorized kernel.
+    long.send("#long pi 10000000000 1");
     let mut c = d.connect();
     assert_eq!(c.ask("#warm sum 1 2"), "#warm OK 3");
     d.send_signal(libc::SIGTERM);

@@ -259,20 +259,6 @@ impl Server {
                 p.addr
             )));
         }
-        log::info!(
-            "taskd {} (pid {}): {} workers, {} users loaded, state in {}, results log {}",
-            env!("CARGO_PKG_VERSION"),
-            std::process::id(),
-            workers,
-            server.books.users.len(),
-            server.cfg.server.state_dir.display(),
-            server
-                .cfg
-                .results_log
-                .path
-                .as_ref()
-                .map_or("off".to_string(), |p| p.display().to_string())
-        );
         Ok(server)
     }
 
