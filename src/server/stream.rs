@@ -920,6 +920,12 @@ impl Server {
             }
         }
         for key in hard {
+            // Whatever the client sent meanwhile is read first: closing a
+            // socket with unread input would reset the connection, and the
+            // client might lose the replies it has not read yet.
+            if let Some(c) = self.conns.get_mut(key) {
+                c.drain_input(&mut self.scratch);
+            }
             self.close(key);
         }
         for key in soft {
