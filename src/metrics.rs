@@ -9,11 +9,13 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::time::Duration;
 
+use crate::config::Proto;
 use crate::ops::{OPS, OpId};
 use crate::protocol::Code;
 
-/// The transports, as labelled; anything else is counted as `other`.
-pub const PROTOS: [&str; 6] = ["tcp", "udp", "http", "tls", "https", "other"];
+/// The transports, as labelled, in the order of `Proto` (which indexes
+/// the counters).
+pub const PROTOS: [&str; 5] = ["tcp", "udp", "http", "tls", "https"];
 /// Upper bounds (seconds) of `taskd_task_duration_seconds`' buckets, then `+Inf`.
 pub const DURATION_BUCKETS: [f64; 16] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -59,13 +61,6 @@ pub struct Gauges {
     pub results_log_write_errors: u64,
     pub config_last_reload_successful: bool,
     pub version: &'static str,
-}
-
-fn proto_index(proto: &str) -> usize {
-    PROTOS[..PROTOS.len() - 1]
-        .iter()
-        .position(|p| *p == proto)
-        .unwrap_or(PROTOS.len() - 1)
 }
 
 fn op_name(op: usize) -> &'static str {
@@ -145,13 +140,14 @@ impl Metrics {
     /// users (taskd(8), "Users").
     pub fn record(
         &mut self,
-        proto: &'static str,
+        proto: Proto,
         op: Option<OpId>,
         code: Option<Code>,
         duration: Option<Duration>,
         user: Option<&str>,
     ) {
-        let p = proto_index(proto);
+        // PROTOS lists the transports in the order of `Proto`.
+        let p = proto as usize;
         let o = op.filter(|&o| o < OPS.len()).unwrap_or(OPS.len());
         self.requests[p * self.ops + o] += 1;
         if let Some(c) = code {
@@ -184,12 +180,12 @@ impl Metrics {
     /// A request refused by the HTTP layer before it had an op
     /// (`HttpError`: 400 `parse`, 404 `not-found`, 405 `method`, 411, 413
     /// `too-long`, 431): counted with op `unknown`, under its code.
-    pub fn record_http_error(&mut self, proto: &'static str, code: &str) {
+    pub fn record_http_error(&mut self, proto: Proto, code: &str) {
         if let Some(c) = Code::ALL.iter().find(|c| c.as_str() == code) {
             self.record(proto, None, Some(*c), None, None);
             return;
         }
-        let p = proto_index(proto);
+        let p = proto as usize;
         self.requests[p * self.ops + OPS.len()] += 1;
         if let Some(i) = HTTP_CODES.iter().position(|c| *c == code) {
             self.http_errors[p][i] += 1;
@@ -492,17 +488,28 @@ mod tests {
         let mut m = Metrics::new(true);
         check_exposition(&m.render(&gauges()));
         let max = lookup("max");
-        m.record("tcp", max, None, Some(Duration::from_micros(50)), Some("alice"));
         m.record(
-            "http",
+            Proto::Tcp,
+            max,
+            None,
+            Some(Duration::from_micros(50)),
+            Some("alice"),
+        );
+        m.record(
+            Proto::Http,
             max,
             Some(Code::Range),
             Some(Duration::from_millis(3)),
             Some("a\"b"),
         );
-        m.record("udp", None, Some(Code::UnknownOp), None, Some("bob"));
-        m.record("tls", lookup("pi"), None, Some(Duration::from_secs(60)), None);
-        m.record("weird", None, Some(Code::Parse), None, None);
+        m.record(Proto::Udp, None, Some(Code::UnknownOp), None, Some("bob"));
+        m.record(
+            Proto::Tls,
+            lookup("pi"),
+            None,
+            Some(Duration::from_secs(60)),
+            None,
+        );
         let text = m.render(&gauges());
         check_exposition(&text);
         for family in [
@@ -525,10 +532,6 @@ mod tests {
         );
         assert_eq!(
             value(&text, "taskd_requests_total{proto=\"udp\",op=\"unknown\"}"),
-            Some(1.0)
-        );
-        assert_eq!(
-            value(&text, "taskd_requests_total{proto=\"other\",op=\"unknown\"}"),
             Some(1.0)
         );
         assert_eq!(
@@ -589,10 +592,10 @@ mod tests {
         let series = "taskd_requests_total{proto=\"http\",op=\"sum\"}";
         assert_eq!(value(&m.render(&gauges()), series), None);
         for i in 1..=3 {
-            m.record("http", sum, None, None, Some("alice"));
+            m.record(Proto::Http, sum, None, None, Some("alice"));
             assert_eq!(value(&m.render(&gauges()), series), Some(f64::from(i)));
         }
-        m.record("http", sum, Some(Code::Busy), None, None);
+        m.record(Proto::Http, sum, Some(Code::Busy), None, None);
         let text = m.render(&gauges());
         assert_eq!(value(&text, series), Some(4.0));
         assert_eq!(
@@ -602,9 +605,9 @@ mod tests {
             ),
             Some(1.0)
         );
-        m.record_http_error("https", "not-found");
-        m.record_http_error("https", "too-long");
-        m.record_http_error("https", "no-such-code");
+        m.record_http_error(Proto::Https, "not-found");
+        m.record_http_error(Proto::Https, "too-long");
+        m.record_http_error(Proto::Https, "no-such-code");
         let text = m.render(&gauges());
         assert_eq!(
             value(&text, "taskd_requests_total{proto=\"https\",op=\"unknown\"}"),
@@ -624,11 +627,11 @@ mod tests {
         let mut m = Metrics::new(true);
         let ping = lookup("ping");
         for i in 0..1200 {
-            m.record("tcp", ping, None, None, Some(&format!("u{i:04}")));
+            m.record(Proto::Tcp, ping, None, None, Some(&format!("u{i:04}")));
         }
-        m.record("tcp", ping, None, None, Some("u0001"));
-        m.record("tcp", ping, None, None, Some("u1100"));
-        m.record("tcp", ping, None, None, Some(OTHER_USER));
+        m.record(Proto::Tcp, ping, None, None, Some("u0001"));
+        m.record(Proto::Tcp, ping, None, None, Some("u1100"));
+        m.record(Proto::Tcp, ping, None, None, Some(OTHER_USER));
         let text = m.render(&gauges());
         check_exposition(&text);
         let series = text

@@ -19,14 +19,14 @@ use mio::{Interest, Token};
 
 use super::budget::{Holder, SMALL};
 use super::conn::{Ending, Framed, Hold, Phase, READ_CHUNK, Session};
-use super::dispatch::{Origin, Place, TASK_BYTES};
+use super::dispatch::{Origin, Place, TASK_BYTES, ValuesArg};
 use super::listener::ListenerSettings;
 use super::record::Asked;
 use super::{CONN_BASE, Server, canonical};
 use crate::http::{self, Action, Parsed};
 use crate::metrics::Gauges;
 use crate::ops::lookup;
-use crate::protocol::{self, Args, Body, Failure, Format, Name, ParseCtx, Payload, Rejection};
+use crate::protocol::{self, Args, Body, Failure, Format, Name, ParseCtx, Payload, Rejection, Request};
 use crate::tasks::TaskWork;
 
 /// Reads per connection per turn, so one busy client cannot starve the
@@ -567,28 +567,35 @@ impl Server {
         }
         let c = &mut self.conns[key];
         c.session.touch(now);
-        let payload = match &parsed {
-            Ok(req) => match &req.args {
-                Args::Values { span, syntax, .. } => {
-                    let at = range.start + span.start..range.start + span.end;
-                    let moved = (range.len() >= MOVE_LINE)
-                        .then(|| c.session.take_line_buffer(&range))
-                        .flatten();
-                    let (bytes, span) = match moved {
-                        Some(buf) => (buf, at),
-                        None => (c.session.line(at).to_vec(), 0..span.len()),
-                    };
-                    Some(Payload {
-                        bytes,
-                        span,
-                        syntax: *syntax,
-                    })
-                }
-                _ => None,
-            },
-            Err(_) => None,
+        let values = match &parsed {
+            Ok(Request {
+                args: Args::Values { span, syntax, .. },
+                ..
+            }) => Some((range.start + span.start..range.start + span.end, *syntax)),
+            _ => None,
         };
-        self.dispatch(&origin, parsed, payload, now);
+        match values {
+            // A big line moves to its task with the buffer it was read into.
+            Some((at, syntax)) if range.len() >= MOVE_LINE => {
+                let bytes = c.session.take_line_buffer(&range).unwrap_or_default();
+                let payload = Payload {
+                    bytes,
+                    span: at,
+                    syntax,
+                };
+                self.dispatch(&origin, parsed, Some(ValuesArg::Owned(payload)), now);
+            }
+            // A small one is copied into the loop's own buffer for the time
+            // of the dispatch: computed at once, it costs no allocation.
+            Some((at, syntax)) => {
+                let mut text = std::mem::take(&mut self.line);
+                text.clear();
+                text.extend_from_slice(c.session.line(at));
+                self.dispatch(&origin, parsed, Some(ValuesArg::Borrowed(&text, syntax)), now);
+                self.line = text;
+            }
+            None => self.dispatch(&origin, parsed, None, now),
+        }
         Take::Took
     }
 
@@ -622,7 +629,7 @@ impl Server {
                 c.session
                     .reply_now(&mut self.buffers, |out| http::write_error(out, &e, &[]));
                 c.session.finish();
-                let proto = c.settings.proto().as_str();
+                let proto = c.settings.proto();
                 self.books.metrics.record_http_error(proto, e.code);
                 Take::Empty
             }
@@ -675,11 +682,11 @@ impl Server {
         match action {
             Action::Request { req, bytes } => {
                 let payload = match &req.args {
-                    Args::Values { span, syntax, .. } => Some(Payload {
+                    Args::Values { span, syntax, .. } => Some(ValuesArg::Owned(Payload {
                         bytes,
                         span: span.clone(),
                         syntax: *syntax,
-                    }),
+                    })),
                     _ => None,
                 };
                 self.dispatch(&origin, Ok(req), payload, now);
@@ -730,9 +737,7 @@ impl Server {
             }
             Action::Error(mut e) => {
                 e.close |= close;
-                self.books
-                    .metrics
-                    .record_http_error(origin.proto.as_str(), e.code);
+                self.books.metrics.record_http_error(origin.proto, e.code);
                 reply(self, &|out| http::write_error(out, &e, &[]));
                 if e.close {
                     self.end_requests(key);
