@@ -60,7 +60,70 @@ pub struct Gauges {
     pub users: usize,
     pub results_log_write_errors: u64,
     pub config_last_reload_successful: bool,
+    /// Unix time of the configuration now in use (start or last good reload).
+    pub config_last_reload_seconds: f64,
+    pub udp_lines_dropped: u64,
+    pub udp_replies_dropped: u64,
+    pub tls_failures: u64,
     pub version: &'static str,
+    /// The process itself, as Prometheus's client libraries report it.
+    pub process: Process,
+}
+
+/// The standard `process_*` figures, read from /proc at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct Process {
+    pub cpu_seconds: f64,
+    pub resident_bytes: u64,
+    pub virtual_bytes: u64,
+    pub open_fds: u64,
+    pub max_fds: u64,
+    pub start_time_seconds: f64,
+}
+
+impl Process {
+    /// This process's figures (zero where /proc cannot tell).
+    pub fn read(start_time_seconds: f64) -> Process {
+        // SAFETY: sysconf and getrlimit only read values and write the
+        // struct we pass.
+        let (ticks, page, max_fds) = unsafe {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+                lim.rlim_cur
+            } else {
+                0
+            };
+            (
+                libc::sysconf(libc::_SC_CLK_TCK),
+                libc::sysconf(libc::_SC_PAGESIZE),
+                max,
+            )
+        };
+        let mut p = Process {
+            max_fds,
+            start_time_seconds,
+            ..Process::default()
+        };
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
+            // The command name may hold spaces: fields count from its ')'.
+            && let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r)
+        {
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            // utime and stime are fields 14 and 15 of stat(5), 12 and 13
+            // after the state field that follows ')'.
+            let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+            if ticks > 0 {
+                p.cpu_seconds = (field(11) + field(12)) as f64 / ticks as f64;
+            }
+            p.virtual_bytes = field(20);
+            p.resident_bytes = field(21) * page.max(0) as u64;
+        }
+        p.open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
+        p
+    }
 }
 
 fn op_name(op: usize) -> &'static str {
@@ -352,6 +415,87 @@ impl Metrics {
         );
         sample(&mut out, "taskd_build_info", &[("version", g.version)], 1);
 
+        family(
+            &mut out,
+            "taskd_config_last_reload_success_timestamp_seconds",
+            "gauge",
+            "Unix time the configuration in use was loaded (at start or by the last good reload).",
+        );
+        let mut t = String::new();
+        write_float(&mut t, g.config_last_reload_seconds);
+        sample(
+            &mut out,
+            "taskd_config_last_reload_success_timestamp_seconds",
+            &[],
+            t,
+        );
+
+        for (name, help, n) in [
+            (
+                "taskd_udp_lines_dropped_total",
+                "Lines of UDP datagrams past the first 64, not answered.",
+                g.udp_lines_dropped,
+            ),
+            (
+                "taskd_udp_replies_dropped_total",
+                "UDP replies dropped while the socket's send buffer was full.",
+                g.udp_replies_dropped,
+            ),
+            (
+                "taskd_tls_failures_total",
+                "Failed or timed-out TLS handshakes and sessions.",
+                g.tls_failures,
+            ),
+        ] {
+            family(&mut out, name, "counter", help);
+            sample(&mut out, name, &[], n);
+        }
+
+        let p = &g.process;
+        for (name, kind, help, value) in [
+            (
+                "process_cpu_seconds_total",
+                "counter",
+                "Total user and system CPU time spent in seconds.",
+                p.cpu_seconds,
+            ),
+            (
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory size in bytes.",
+                p.resident_bytes as f64,
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "gauge",
+                "Virtual memory size in bytes.",
+                p.virtual_bytes as f64,
+            ),
+            (
+                "process_open_fds",
+                "gauge",
+                "Number of open file descriptors.",
+                p.open_fds as f64,
+            ),
+            (
+                "process_max_fds",
+                "gauge",
+                "Maximum number of open file descriptors.",
+                p.max_fds as f64,
+            ),
+            (
+                "process_start_time_seconds",
+                "gauge",
+                "Start time of the process since unix epoch in seconds.",
+                p.start_time_seconds,
+            ),
+        ] {
+            family(&mut out, name, kind, help);
+            let mut v = String::new();
+            write_float(&mut v, value);
+            sample(&mut out, name, &[], v);
+        }
+
         if self.per_user {
             family(
                 &mut out,
@@ -389,6 +533,11 @@ mod tests {
             users: 7,
             results_log_write_errors: 0,
             config_last_reload_successful: true,
+            config_last_reload_seconds: 1_800_000_000.5,
+            udp_lines_dropped: 4,
+            udp_replies_dropped: 5,
+            tls_failures: 6,
+            process: Process::read(1_800_000_000.0),
             version: "0.1.0 \"x\"\\",
         }
     }
@@ -512,6 +661,10 @@ mod tests {
         );
         let text = m.render(&gauges());
         check_exposition(&text);
+        assert_eq!(value(&text, "taskd_udp_lines_dropped_total"), Some(4.0));
+        assert_eq!(value(&text, "process_start_time_seconds"), Some(1_800_000_000.0));
+        assert!(value(&text, "process_resident_memory_bytes").is_some_and(|v| v > 1e6));
+        assert!(value(&text, "process_open_fds").is_some_and(|v| v >= 3.0));
         for family in [
             "taskd_requests_total",
             "taskd_errors_total",
@@ -523,6 +676,15 @@ mod tests {
             "taskd_config_last_reload_successful",
             "taskd_build_info",
             "taskd_user_requests_total",
+            "taskd_config_last_reload_success_timestamp_seconds",
+            "taskd_udp_lines_dropped_total",
+            "taskd_udp_replies_dropped_total",
+            "taskd_tls_failures_total",
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_start_time_seconds",
         ] {
             assert!(text.contains(&format!("# TYPE {family} ")), "{family}");
         }
