@@ -9,11 +9,13 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::time::Duration;
 
+use crate::config::Proto;
 use crate::ops::{OPS, OpId};
 use crate::protocol::Code;
 
-/// The transports, as labelled; anything else is counted as `other`.
-pub const PROTOS: [&str; 6] = ["tcp", "udp", "http", "tls", "https", "other"];
+/// The transports, as labelled, in the order of `Proto` (which indexes
+/// the counters).
+pub const PROTOS: [&str; 5] = ["tcp", "udp", "http", "tls", "https"];
 /// Upper bounds (seconds) of `taskd_task_duration_seconds`' buckets, then `+Inf`.
 pub const DURATION_BUCKETS: [f64; 16] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -58,14 +60,70 @@ pub struct Gauges {
     pub users: usize,
     pub results_log_write_errors: u64,
     pub config_last_reload_successful: bool,
+    /// Unix time of the configuration now in use (start or last good reload).
+    pub config_last_reload_seconds: f64,
+    pub udp_lines_dropped: u64,
+    pub udp_replies_dropped: u64,
+    pub tls_failures: u64,
     pub version: &'static str,
+    /// The process itself, as Prometheus's client libraries report it.
+    pub process: Process,
 }
 
-fn proto_index(proto: &str) -> usize {
-    PROTOS[..PROTOS.len() - 1]
-        .iter()
-        .position(|p| *p == proto)
-        .unwrap_or(PROTOS.len() - 1)
+/// The standard `process_*` figures, read from /proc at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct Process {
+    pub cpu_seconds: f64,
+    pub resident_bytes: u64,
+    pub virtual_bytes: u64,
+    pub open_fds: u64,
+    pub max_fds: u64,
+    pub start_time_seconds: f64,
+}
+
+impl Process {
+    /// This process's figures (zero where /proc cannot tell).
+    pub fn read(start_time_seconds: f64) -> Process {
+        // SAFETY: sysconf and getrlimit only read values and write the
+        // struct we pass.
+        let (ticks, page, max_fds) = unsafe {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+                lim.rlim_cur
+            } else {
+                0
+            };
+            (
+                libc::sysconf(libc::_SC_CLK_TCK),
+                libc::sysconf(libc::_SC_PAGESIZE),
+                max,
+            )
+        };
+        let mut p = Process {
+            max_fds,
+            start_time_seconds,
+            ..Process::default()
+        };
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
+            // The command name may hold spaces: fields count from its ')'.
+            && let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r)
+        {
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            // utime and stime are fields 14 and 15 of stat(5), 12 and 13
+            // after the state field that follows ')'.
+            let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+            if ticks > 0 {
+                p.cpu_seconds = (field(11) + field(12)) as f64 / ticks as f64;
+            }
+            p.virtual_bytes = field(20);
+            p.resident_bytes = field(21) * page.max(0) as u64;
+        }
+        p.open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
+        p
+    }
 }
 
 fn op_name(op: usize) -> &'static str {
@@ -145,13 +203,14 @@ impl Metrics {
     /// users (taskd(8), "Users").
     pub fn record(
         &mut self,
-        proto: &'static str,
+        proto: Proto,
         op: Option<OpId>,
         code: Option<Code>,
         duration: Option<Duration>,
         user: Option<&str>,
     ) {
-        let p = proto_index(proto);
+        // PROTOS lists the transports in the order of `Proto`.
+        let p = proto as usize;
         let o = op.filter(|&o| o < OPS.len()).unwrap_or(OPS.len());
         self.requests[p * self.ops + o] += 1;
         if let Some(c) = code {
@@ -184,12 +243,12 @@ impl Metrics {
     /// A request refused by the HTTP layer before it had an op
     /// (`HttpError`: 400 `parse`, 404 `not-found`, 405 `method`, 411, 413
     /// `too-long`, 431): counted with op `unknown`, under its code.
-    pub fn record_http_error(&mut self, proto: &'static str, code: &str) {
+    pub fn record_http_error(&mut self, proto: Proto, code: &str) {
         if let Some(c) = Code::ALL.iter().find(|c| c.as_str() == code) {
             self.record(proto, None, Some(*c), None, None);
             return;
         }
-        let p = proto_index(proto);
+        let p = proto as usize;
         self.requests[p * self.ops + OPS.len()] += 1;
         if let Some(i) = HTTP_CODES.iter().position(|c| *c == code) {
             self.http_errors[p][i] += 1;
@@ -356,6 +415,87 @@ impl Metrics {
         );
         sample(&mut out, "taskd_build_info", &[("version", g.version)], 1);
 
+        family(
+            &mut out,
+            "taskd_config_last_reload_success_timestamp_seconds",
+            "gauge",
+            "Unix time the configuration in use was loaded (at start or by the last good reload).",
+        );
+        let mut t = String::new();
+        write_float(&mut t, g.config_last_reload_seconds);
+        sample(
+            &mut out,
+            "taskd_config_last_reload_success_timestamp_seconds",
+            &[],
+            t,
+        );
+
+        for (name, help, n) in [
+            (
+                "taskd_udp_lines_dropped_total",
+                "Lines of UDP datagrams past the first 64, not answered.",
+                g.udp_lines_dropped,
+            ),
+            (
+                "taskd_udp_replies_dropped_total",
+                "UDP replies dropped while the socket's send buffer was full.",
+                g.udp_replies_dropped,
+            ),
+            (
+                "taskd_tls_failures_total",
+                "Failed or timed-out TLS handshakes and sessions.",
+                g.tls_failures,
+            ),
+        ] {
+            family(&mut out, name, "counter", help);
+            sample(&mut out, name, &[], n);
+        }
+
+        let p = &g.process;
+        for (name, kind, help, value) in [
+            (
+                "process_cpu_seconds_total",
+                "counter",
+                "Total user and system CPU time spent in seconds.",
+                p.cpu_seconds,
+            ),
+            (
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory size in bytes.",
+                p.resident_bytes as f64,
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "gauge",
+                "Virtual memory size in bytes.",
+                p.virtual_bytes as f64,
+            ),
+            (
+                "process_open_fds",
+                "gauge",
+                "Number of open file descriptors.",
+                p.open_fds as f64,
+            ),
+            (
+                "process_max_fds",
+                "gauge",
+                "Maximum number of open file descriptors.",
+                p.max_fds as f64,
+            ),
+            (
+                "process_start_time_seconds",
+                "gauge",
+                "Start time of the process since unix epoch in seconds.",
+                p.start_time_seconds,
+            ),
+        ] {
+            family(&mut out, name, kind, help);
+            let mut v = String::new();
+            write_float(&mut v, value);
+            sample(&mut out, name, &[], v);
+        }
+
         if self.per_user {
             family(
                 &mut out,
@@ -393,6 +533,11 @@ mod tests {
             users: 7,
             results_log_write_errors: 0,
             config_last_reload_successful: true,
+            config_last_reload_seconds: 1_800_000_000.5,
+            udp_lines_dropped: 4,
+            udp_replies_dropped: 5,
+            tls_failures: 6,
+            process: Process::read(1_800_000_000.0),
             version: "0.1.0 \"x\"\\",
         }
     }
@@ -492,19 +637,34 @@ mod tests {
         let mut m = Metrics::new(true);
         check_exposition(&m.render(&gauges()));
         let max = lookup("max");
-        m.record("tcp", max, None, Some(Duration::from_micros(50)), Some("alice"));
         m.record(
-            "http",
+            Proto::Tcp,
+            max,
+            None,
+            Some(Duration::from_micros(50)),
+            Some("alice"),
+        );
+        m.record(
+            Proto::Http,
             max,
             Some(Code::Range),
             Some(Duration::from_millis(3)),
             Some("a\"b"),
         );
-        m.record("udp", None, Some(Code::UnknownOp), None, Some("bob"));
-        m.record("tls", lookup("pi"), None, Some(Duration::from_secs(60)), None);
-        m.record("weird", None, Some(Code::Parse), None, None);
+        m.record(Proto::Udp, None, Some(Code::UnknownOp), None, Some("bob"));
+        m.record(
+            Proto::Tls,
+            lookup("pi"),
+            None,
+            Some(Duration::from_secs(60)),
+            None,
+        );
         let text = m.render(&gauges());
         check_exposition(&text);
+        assert_eq!(value(&text, "taskd_udp_lines_dropped_total"), Some(4.0));
+        assert_eq!(value(&text, "process_start_time_seconds"), Some(1_800_000_000.0));
+        assert!(value(&text, "process_resident_memory_bytes").is_some_and(|v| v > 1e6));
+        assert!(value(&text, "process_open_fds").is_some_and(|v| v >= 3.0));
         for family in [
             "taskd_requests_total",
             "taskd_errors_total",
@@ -516,6 +676,15 @@ mod tests {
             "taskd_config_last_reload_successful",
             "taskd_build_info",
             "taskd_user_requests_total",
+            "taskd_config_last_reload_success_timestamp_seconds",
+            "taskd_udp_lines_dropped_total",
+            "taskd_udp_replies_dropped_total",
+            "taskd_tls_failures_total",
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_start_time_seconds",
         ] {
             assert!(text.contains(&format!("# TYPE {family} ")), "{family}");
         }
@@ -525,10 +694,6 @@ mod tests {
         );
         assert_eq!(
             value(&text, "taskd_requests_total{proto=\"udp\",op=\"unknown\"}"),
-            Some(1.0)
-        );
-        assert_eq!(
-            value(&text, "taskd_requests_total{proto=\"other\",op=\"unknown\"}"),
             Some(1.0)
         );
         assert_eq!(
@@ -589,10 +754,10 @@ mod tests {
         let series = "taskd_requests_total{proto=\"http\",op=\"sum\"}";
         assert_eq!(value(&m.render(&gauges()), series), None);
         for i in 1..=3 {
-            m.record("http", sum, None, None, Some("alice"));
+            m.record(Proto::Http, sum, None, None, Some("alice"));
             assert_eq!(value(&m.render(&gauges()), series), Some(f64::from(i)));
         }
-        m.record("http", sum, Some(Code::Busy), None, None);
+        m.record(Proto::Http, sum, Some(Code::Busy), None, None);
         let text = m.render(&gauges());
         assert_eq!(value(&text, series), Some(4.0));
         assert_eq!(
@@ -602,9 +767,9 @@ mod tests {
             ),
             Some(1.0)
         );
-        m.record_http_error("https", "not-found");
-        m.record_http_error("https", "too-long");
-        m.record_http_error("https", "no-such-code");
+        m.record_http_error(Proto::Https, "not-found");
+        m.record_http_error(Proto::Https, "too-long");
+        m.record_http_error(Proto::Https, "no-such-code");
         let text = m.render(&gauges());
         assert_eq!(
             value(&text, "taskd_requests_total{proto=\"https\",op=\"unknown\"}"),
@@ -624,11 +789,11 @@ mod tests {
         let mut m = Metrics::new(true);
         let ping = lookup("ping");
         for i in 0..1200 {
-            m.record("tcp", ping, None, None, Some(&format!("u{i:04}")));
+            m.record(Proto::Tcp, ping, None, None, Some(&format!("u{i:04}")));
         }
-        m.record("tcp", ping, None, None, Some("u0001"));
-        m.record("tcp", ping, None, None, Some("u1100"));
-        m.record("tcp", ping, None, None, Some(OTHER_USER));
+        m.record(Proto::Tcp, ping, None, None, Some("u0001"));
+        m.record(Proto::Tcp, ping, None, None, Some("u1100"));
+        m.record(Proto::Tcp, ping, None, None, Some(OTHER_USER));
         let text = m.render(&gauges());
         check_exposition(&text);
         let series = text

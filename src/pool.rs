@@ -85,7 +85,7 @@ pub struct Pool {
 
 fn run(work: Work) -> Outcome {
     match work {
-        Work::List { exec, payload } => Outcome::List(compute_list(exec, &payload)),
+        Work::List { exec, payload } => Outcome::List(compute_list(exec, payload.values(), payload.syntax)),
         Work::PiSlice { mut stream, samples } => {
             let hits = stream.run(samples);
             Outcome::PiSlice { stream, hits }

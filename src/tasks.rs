@@ -434,7 +434,9 @@ mod tests {
             }
             for job in jobs {
                 let outcome = match job.work {
-                    Work::List { exec, payload } => Outcome::List(crate::ops::compute_list(exec, &payload)),
+                    Work::List { exec, payload } => {
+                        Outcome::List(crate::ops::compute_list(exec, payload.values(), payload.syntax))
+                    }
                     Work::PiSlice { mut stream, samples } => {
                         let hits = stream.run(samples);
                         Outcome::PiSlice { stream, hits }

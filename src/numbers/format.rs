@@ -60,7 +60,12 @@ fn write_i128(out: &mut Vec<u8>, n: i128) {
     write_u128(out, n.unsigned_abs());
 }
 
-fn write_u128(out: &mut Vec<u8>, mut n: u128) {
+fn write_u128(out: &mut Vec<u8>, n: u128) {
+    // Most results fit 64 bits, whose division is a multiply, not a call.
+    if let Ok(small) = u64::try_from(n) {
+        return write_u64(out, small);
+    }
+    let mut n = n;
     // u128::MAX has 39 decimal digits.
     let mut buf = [0u8; 40];
     let mut i = buf.len();
@@ -75,6 +80,33 @@ fn write_u128(out: &mut Vec<u8>, mut n: u128) {
     out.extend_from_slice(&buf[i..]);
 }
 
+/// The decimal digits of `n`, two at a time.
+pub fn write_u64(out: &mut Vec<u8>, mut n: u64) {
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
+    // u64::MAX has 20 decimal digits.
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    while n >= 100 {
+        let pair = (n % 100) as usize * 2;
+        n /= 100;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    }
+    if n >= 10 {
+        i -= 2;
+        let pair = n as usize * 2;
+        buf[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    } else {
+        i -= 1;
+        buf[i] = b'0' + n as u8;
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,6 +116,15 @@ mod tests {
         let mut out = Vec::new();
         n.write_to(&mut out);
         String::from_utf8(out).expect("ascii")
+    }
+
+    #[test]
+    fn u64_digits() {
+        for n in [0, 7, 10, 99, 100, 101, 12345, u64::MAX, u64::MAX - 1, 1 << 63] {
+            let mut v = Vec::new();
+            write_u64(&mut v, n);
+            assert_eq!(String::from_utf8(v).unwrap(), n.to_string());
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod parse;
 #[cfg(test)]
 mod reference;
 
+pub use format::write_u64;
 pub use parse::{count_text_values, parse_json_values, parse_text_list};
 
 /// Parsed values of one request: all integers (text had no '.' and no exponent and fits i64),

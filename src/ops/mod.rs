@@ -11,7 +11,7 @@ pub mod pi;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::numbers::{Num, ValueErrorKind, Values, parse_json_values, parse_text_list};
-use crate::protocol::{Code, Failure, Payload, Syntax};
+use crate::protocol::{Code, Failure, Syntax};
 
 /// Index of an operation in [`OPS`].
 pub type OpId = usize;
@@ -223,11 +223,11 @@ pub fn cost(args: ArgKind, value_count: usize, samples: u64) -> u64 {
 /// Parses a list request's values and runs its operation: the whole work
 /// of a list task, on a worker or (for tiny tasks) on the loop. A panic
 /// (a bug) costs that one request, never the thread that ran it.
-pub fn compute_list(exec: ListFn, payload: &Payload) -> Result<Output, Failure> {
+pub fn compute_list(exec: ListFn, text: &[u8], syntax: Syntax) -> Result<Output, Failure> {
     let run = || {
-        let values = match payload.syntax {
-            Syntax::Text => parse_text_list(payload.values()),
-            Syntax::JsonArray => parse_json_values(payload.values()),
+        let values = match syntax {
+            Syntax::Text => parse_text_list(text),
+            Syntax::JsonArray => parse_json_values(text),
         };
         match values {
             Err(e) => {

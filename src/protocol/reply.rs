@@ -9,7 +9,11 @@ use crate::ops::{InfoValue, Output};
 
 /// An integer's decimal digits.
 pub fn push_int(out: &mut Vec<u8>, n: impl Into<i128>) {
-    Num::Int(n.into()).write_to(out);
+    let n: i128 = n.into();
+    match u64::try_from(n) {
+        Ok(u) => crate::numbers::write_u64(out, u),
+        Err(_) => Num::Int(n).write_to(out),
+    }
 }
 
 /// A JSON string. Most strings here (names, ids, codes, messages) need no
@@ -41,7 +45,12 @@ pub fn json_str(out: &mut Vec<u8>, s: &str) {
 
 pub fn write_id(out: &mut Vec<u8>, id: &Id) {
     match id {
-        Id::Text(s) => json_str(out, s.as_str()),
+        // The id grammar is plain ASCII: nothing to escape.
+        Id::Text(s) => {
+            out.push(b'"');
+            out.extend_from_slice(s.as_bytes());
+            out.push(b'"');
+        }
         Id::Int(n) => push_int(out, *n),
     }
 }

@@ -97,36 +97,49 @@ impl Budget {
     }
 
     /// Whether a connection holding `holds` with `inflight` tasks out may
-    /// take one more request now (the same rule as reading, for the
-    /// requests already read; a turn is one request).
-    pub fn may_take(&self, who: Holder, holds: usize, inflight: usize) -> bool {
-        !self.over() || holds < SMALL || (self.turn == Some(who) && inflight == 0)
+    /// take one more request that makes it hold `need` more now: when the
+    /// request fits under the limit, when the connection stays small, or
+    /// when it is its turn (a turn is one request). Otherwise it waits for
+    /// its turn; so at most one request at a time is let in beyond the
+    /// limit.
+    pub fn may_take(&mut self, who: Holder, holds: usize, need: usize, inflight: usize) -> bool {
+        if self.turn == Some(who) {
+            return inflight == 0;
+        }
+        if self.held + need <= self.max || holds + need < SMALL {
+            return true;
+        }
+        if !self.waiting.contains(&who) {
+            self.waiting.push_back(who);
+        }
+        false
     }
 
-    /// The connections to read again now: every waiting one once the count
-    /// is under the limit, else the next one whose turn it is. `alive`
-    /// says whether a holder still exists and waits for memory alone;
-    /// `busy` whether the turn holder is still in the middle of a request.
+    /// The connections to read again now: the next one whose turn it is
+    /// (when the last turn is over), and every waiting one once the count
+    /// is under the limit (those whose request still does not fit wait
+    /// again). `alive` says whether a holder still exists; `busy` whether
+    /// the turn holder still holds what its request brought in.
     pub fn resume(&mut self, alive: impl Fn(Holder) -> bool, busy: impl Fn(Holder) -> bool) -> Vec<Holder> {
         if let Some(t) = self.turn
             && !(alive(t) && busy(t))
         {
             self.turn = None;
         }
-        if !self.over() {
-            self.turn = None;
-            return self.waiting.drain(..).filter(|&h| alive(h)).collect();
-        }
-        if self.turn.is_some() {
-            return Vec::new();
-        }
-        while let Some(h) = self.waiting.pop_front() {
-            if alive(h) {
-                self.turn = Some(h);
-                return vec![h];
+        let mut out = Vec::new();
+        if self.turn.is_none() {
+            while let Some(h) = self.waiting.pop_front() {
+                if alive(h) {
+                    self.turn = Some(h);
+                    out.push(h);
+                    break;
+                }
             }
         }
-        Vec::new()
+        if !self.over() {
+            out.extend(self.waiting.drain(..).filter(|&h| alive(h)));
+        }
+        out
     }
 
     /// A waiting connection goes first in line (its client has shut its
@@ -180,14 +193,27 @@ mod tests {
         assert_eq!(b.may_read(h(2), 20_000), 0);
         // Holder 1's request is complete: the turn passes to holder 2.
         assert_eq!(b.resume(all, |x| x != h(1)), vec![h(2)]);
-        assert!(b.may_take(h(2), 20_000, 0));
-        assert!(!b.may_take(h(2), 20_000, 1), "one request per turn");
-        assert!(!b.may_take(h(1), 30_000, 0));
-        // Under the limit again: everyone waiting reads.
+        assert!(b.may_take(h(2), 20_000, 9_000, 0));
+        assert!(!b.may_take(h(2), 20_000, 9_000, 1), "one request per turn");
+        assert!(!b.may_take(h(1), 30_000, 1, 0));
+        assert!(
+            b.may_take(h(5), 10, 100, 0),
+            "a small request from a small holder"
+        );
+        // Under the limit again: requests that fit go in; one that does
+        // not waits for its turn.
         b.update(50_000, 10);
         assert_eq!(b.may_read(h(4), 0), READ_CHUNK.min(10_000 - 10));
-        assert!(b.resume(all, all).is_empty());
-        assert!(b.may_take(h(1), 30_000, 3));
+        assert!(b.may_take(h(1), 30_000, 5_000, 3));
+        assert!(!b.may_take(h(6), 0, 20_000, 0));
+        // Under the limit, the waiting ones try again; holder 2's turn goes
+        // on, so holder 6's big request waits again.
+        let again = b.resume(all, |x| x == h(2));
+        assert!(again.contains(&h(6)), "{again:?}");
+        assert!(!b.may_take(h(6), 0, 20_000, 0));
+        // Holder 2 is served: holder 6's turn.
+        assert_eq!(b.resume(all, |_| false), vec![h(6)]);
+        assert!(b.may_take(h(6), 0, 20_000, 0));
     }
 
     #[test]

@@ -13,6 +13,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::ops::Range;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::protocol::frame::{Frame, Framer};
@@ -32,6 +33,41 @@ const KEEP_CAPACITY: usize = READ_CHUNK;
 /// Idle buffer sets kept for reuse (at most 8 MiB of them).
 const POOLED: usize = 64;
 
+/// A moment, as milliseconds since the process first asked, in four
+/// bytes: a connection keeps two of them, and an idle connection should
+/// take little memory. Differences use wrapping arithmetic, exact for
+/// anything shorter than 24 days.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tick(u32);
+
+impl Tick {
+    pub fn of(now: Instant) -> Tick {
+        static BASE: OnceLock<Instant> = OnceLock::new();
+        let base = *BASE.get_or_init(Instant::now);
+        // Truncated to 32 bits on purpose: see the type's documentation.
+        Tick(now.saturating_duration_since(base).as_millis() as u32)
+    }
+
+    /// The time from `self` to `now` (zero if `now` is earlier).
+    pub fn until(self, now: Instant) -> Duration {
+        let d = Tick::of(now).0.wrapping_sub(self.0);
+        if d > u32::MAX / 2 {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(u64::from(d))
+        }
+    }
+
+    pub fn after(self, d: Duration) -> Tick {
+        Tick(self.0.wrapping_add(d.as_millis() as u32))
+    }
+
+    /// Whether `now` is at or past this moment.
+    pub fn reached(self, now: Instant) -> bool {
+        Tick::of(now).0.wrapping_sub(self.0) <= u32::MAX / 2
+    }
+}
+
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -42,7 +78,7 @@ pub enum Phase {
     Finishing,
     /// Write side shut down; reading and discarding until the client's EOF
     /// or the deadline, so it gets the last replies rather than a reset.
-    Lingering { until: Instant },
+    Lingering { until: Tick },
 }
 
 /// The buffers of a connection with data in flight.
@@ -144,7 +180,7 @@ pub struct Session {
     task_bytes: usize,
     /// Last moment the connection made progress (a complete request read,
     /// or output written).
-    last_active: Instant,
+    last_active: Tick,
 }
 
 impl Session {
@@ -157,7 +193,7 @@ impl Session {
             next_seq: 0,
             inflight: 0,
             task_bytes: 0,
-            last_active: now,
+            last_active: Tick::of(now),
         }
     }
 
@@ -177,12 +213,13 @@ impl Session {
         self.inflight as usize
     }
 
-    pub fn last_active(&self) -> Instant {
-        self.last_active
+    /// How long the connection has made no progress.
+    pub fn idle_for(&self, now: Instant) -> Duration {
+        self.last_active.until(now)
     }
 
     pub fn touch(&mut self, now: Instant) {
-        self.last_active = now;
+        self.last_active = Tick::of(now);
     }
 
     /// Bytes this connection holds: its buffers, its replies, its tasks.
@@ -430,7 +467,7 @@ impl Session {
             }
         }
         if n > 0 {
-            self.last_active = now;
+            self.last_active = Tick::of(now);
         }
     }
 
@@ -472,7 +509,9 @@ impl Session {
 
     /// Starts the lingering close (the caller shuts the write side down).
     pub fn linger(&mut self, now: Instant, buffers: &mut Buffers) {
-        self.phase = Phase::Lingering { until: now + LINGER };
+        self.phase = Phase::Lingering {
+            until: Tick::of(now).after(LINGER),
+        };
         if let Some(f) = self.flight.take() {
             buffers.give(f);
         }

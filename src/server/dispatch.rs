@@ -14,13 +14,41 @@ use super::Server;
 use super::record::Asked;
 use crate::config::Proto;
 use crate::ops::{self, Exec, InfoValue, LoopOp, OPS, Output, PI_MAX_CHUNKS};
-use crate::protocol::{Args, Code, Failure, Format, Id, Name, Payload, Rejection, Request};
+use crate::protocol::{Args, Code, Failure, Format, Id, Name, Payload, Rejection, Request, Syntax};
 use crate::reply;
 use crate::tasks::{Finished, TaskWork, queue_full};
 
 /// Bytes a task counts against `max_buffered_bytes` besides its payload:
 /// its reply, its bookkeeping.
 pub const TASK_BYTES: usize = 256;
+
+/// A list request's values: the text they are in, borrowed for the time of
+/// the dispatch (a request the loop computes at once needs no copy), or a
+/// payload already owned (a big line moved from its connection's buffer).
+pub enum ValuesArg<'a> {
+    Borrowed(&'a [u8], Syntax),
+    Owned(Payload),
+}
+
+impl ValuesArg<'_> {
+    fn text(&self) -> (&[u8], Syntax) {
+        match self {
+            ValuesArg::Borrowed(text, syntax) => (text, *syntax),
+            ValuesArg::Owned(p) => (p.values(), p.syntax),
+        }
+    }
+
+    fn into_payload(self) -> Payload {
+        match self {
+            ValuesArg::Borrowed(text, syntax) => Payload {
+                bytes: text.to_vec(),
+                span: 0..text.len(),
+                syntax,
+            },
+            ValuesArg::Owned(p) => p,
+        }
+    }
+}
 
 /// Where a request came from, and so where its reply goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +94,7 @@ impl Server {
         &mut self,
         origin: &Origin,
         parsed: Result<Request, Rejection>,
-        payload: Option<Payload>,
+        payload: Option<ValuesArg>,
         now: Instant,
     ) {
         let parsed = self.identify(origin, parsed);
@@ -83,10 +111,6 @@ impl Server {
             Args::Values { count, .. } => *count,
             _ => 0,
         };
-        let values = payload
-            .as_ref()
-            .map(|p| self.books.values_to_log(p))
-            .unwrap_or_default();
         let mut asked = Asked {
             proto: origin.proto,
             peer: Rc::clone(&origin.peer),
@@ -94,7 +118,7 @@ impl Server {
             id: req.id,
             op: Some(req.op),
             count,
-            values,
+            values: Vec::new(),
             quiet: false,
             counted: false,
         };
@@ -119,14 +143,19 @@ impl Server {
                     return self.refuse(origin, &Rejection::of(&Ok(req), Failure::internal()));
                 };
                 let cost = ops::cost(OPS[req.op].args, count, 0);
+                let (text, syntax) = payload.text();
                 if self.tasks.may_inline(cost) {
                     let started = Instant::now();
-                    let result = ops::compute_list(exec, &payload);
+                    let result = ops::compute_list(exec, text, syntax);
                     let run = started.elapsed();
                     self.answer_now(origin.place, req.format, req.id.as_ref(), result.as_ref());
-                    self.books.record(&asked, result.as_ref(), Duration::ZERO, run);
+                    let raw = Some((text, syntax));
+                    self.books
+                        .record_with(&asked, raw, result.as_ref(), Duration::ZERO, run);
                     return;
                 }
+                asked.values = self.books.values_to_log(text, syntax);
+                let payload = payload.into_payload();
                 // The line, and the parsed values the worker will make of it.
                 let held = payload.bytes.capacity() + 8 * count + TASK_BYTES;
                 let work = TaskWork::List {

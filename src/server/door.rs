@@ -217,7 +217,7 @@ impl Server {
         c.rejected[Code::Busy as usize] += 1;
         self.books
             .metrics
-            .record(proto.as_str(), None, Some(Code::Busy), None, None);
+            .record(proto, None, Some(Code::Busy), None, None);
         self.books
             .reject_log
             .log(|| format!("busy from {peer}: {}", f.message));

@@ -52,6 +52,7 @@ pub struct Life {
     watchdog: Option<(Duration, Instant)>,
     last_status: String,
     pub started: Instant,
+    pub started_at: SystemTime,
     pub config_loaded_at: SystemTime,
     pub last_reload_ok: bool,
 }
@@ -65,6 +66,7 @@ impl Life {
             watchdog: systemd::watchdog_interval().map(|d| (d, now + d)),
             last_status: String::new(),
             started: now,
+            started_at: SystemTime::now(),
             config_loaded_at: SystemTime::now(),
             last_reload_ok: true,
         }

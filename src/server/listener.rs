@@ -13,7 +13,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::config::{Config, ListenerConfig, Proto};
 use crate::ops::{OPS, lookup};
 
-const BACKLOG: i32 = 1024;
+/// The kernel caps it at net.core.somaxconn (4096 by default).
+const BACKLOG: i32 = 4096;
 
 fn socket_for(addr: &SocketAddr, ty: Type, proto: Protocol, l: &ListenerConfig) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(*addr), ty, Some(proto))?;

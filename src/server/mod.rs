@@ -173,6 +173,9 @@ pub struct Server {
     ready: Ready,
     /// Receive buffer of UDP datagrams.
     scratch: Vec<u8>,
+    /// A small request's values, copied out of its connection's buffer for
+    /// the time of its dispatch.
+    line: Vec<u8>,
 }
 
 fn resolve_workers(configured: usize) -> usize {
@@ -241,6 +244,7 @@ impl Server {
             life: Life::new(signals, now),
             ready: Ready::default(),
             scratch: vec![0; 65536],
+            line: Vec::new(),
             cfg,
         };
         let mut passed = systemd::passed_sockets().map_err(StartError::config)?;
@@ -390,6 +394,7 @@ impl Server {
     /// One turn of the loop: every phase once, in order (see the module's
     /// documentation).
     fn turn(&mut self, now: Instant) {
+        self.books.set_clock(SystemTime::now());
         if std::mem::take(&mut self.ready.signals) {
             self.on_signals(now);
         }

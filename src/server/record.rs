@@ -9,9 +9,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::config::{Config, Proto};
 use crate::files::FileWriter;
 use crate::metrics::Metrics;
+use crate::numbers::write_u64;
 use crate::ops::{OPS, OpId, Output};
-use crate::protocol::reply::{json_str, push_int, write_id, write_json_result};
-use crate::protocol::{Code, Failure, Id, Name, Payload, Syntax};
+#[cfg(test)]
+use crate::protocol::Payload;
+use crate::protocol::reply::{json_str, write_id, write_json_result};
+use crate::protocol::{Code, Failure, Id, Name, Syntax};
 use crate::ratelimit::RateLimited;
 use crate::users::UserCounts;
 
@@ -89,17 +92,30 @@ impl Books {
     }
 
     /// The values to keep for the results log, when it is on.
-    pub fn values_to_log(&self, payload: &Payload) -> Vec<u8> {
+    pub fn values_to_log(&self, text: &[u8], syntax: Syntax) -> Vec<u8> {
+        let mut out = Vec::new();
         if self.log_on {
-            first_values(payload, self.values_logged)
-        } else {
-            Vec::new()
+            write_values(&mut out, text, syntax, self.values_logged);
         }
+        out
     }
 
     /// Counts an answered request and logs it. `queue` and `run`: its
     /// task's times (zero for what the loop answered at once).
     pub fn record(&mut self, a: &Asked, outcome: Result<&Output, &Failure>, queue: Duration, run: Duration) {
+        self.record_with(a, None, outcome, queue, run);
+    }
+
+    /// [`Books::record`], with the request's values (for the results log)
+    /// taken from its text now rather than kept in `a`.
+    pub fn record_with(
+        &mut self,
+        a: &Asked,
+        raw: Option<(&[u8], Syntax)>,
+        outcome: Result<&Output, &Failure>,
+        queue: Duration,
+        run: Duration,
+    ) {
         if a.quiet {
             return;
         }
@@ -129,14 +145,33 @@ impl Books {
         }
         let task = a.op.is_some() && !(queue + run).is_zero();
         self.metrics.record(
-            a.proto.as_str(),
+            a.proto,
             a.op,
             code,
             task.then_some(queue + run),
             Some(user.unwrap_or(crate::users::ANONYMOUS)),
         );
         if self.log_on {
-            write_log_line(self.files.buffer(), &mut self.clock, a, outcome, queue, run);
+            let values = match raw {
+                Some((text, syntax)) => Values::Raw(text, syntax, self.values_logged),
+                None => Values::Rendered(&a.values),
+            };
+            write_log_line(
+                self.files.buffer(),
+                &mut self.clock,
+                a,
+                values,
+                outcome,
+                queue,
+                run,
+            );
+        }
+    }
+
+    /// The time of the lines of this turn.
+    pub fn set_clock(&mut self, now: SystemTime) {
+        if self.log_on {
+            self.clock.set(now);
         }
     }
 
@@ -179,40 +214,133 @@ impl Books {
     }
 }
 
-/// The first `n` values of a request, kept for the results log before the
-/// values go to a worker: written once as the JSON strings of the log
-/// line's `values` array (`"1","2"`), copied from the request's own text.
-pub fn first_values(payload: &Payload, n: usize) -> Vec<u8> {
+/// The first `n` values of a request as the log writes them.
+#[cfg(test)]
+fn first_values(payload: &Payload, n: usize) -> Vec<u8> {
     let mut out = Vec::new();
-    if n == 0 {
-        return out;
+    write_values(&mut out, payload.values(), payload.syntax, n);
+    out
+}
+
+/// Bytes that separate values (the array's brackets of a JSON request
+/// included), as a table: the log writer looks at every byte.
+const SEPARATOR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut k = 0;
+    let seps = *b" \t,[]\n\r";
+    while k < seps.len() {
+        t[seps[k] as usize] = true;
+        k += 1;
     }
-    let text = payload.values();
-    let (inner, strip_quotes) = match payload.syntax {
-        // The array's own brackets and the quotes of string elements go.
-        Syntax::JsonArray => (text.get(1..text.len().saturating_sub(1)).unwrap_or(b""), true),
-        Syntax::Text => (text, false),
-    };
-    let tokens = inner.split(|&b| matches!(b, b' ' | b'\t' | b',' | b'[' | b']' | b'\n' | b'\r'));
-    for t in tokens.filter(|t| !t.is_empty()).take(n) {
-        let t = if strip_quotes && t.len() >= 2 && t[0] == b'"' && t[t.len() - 1] == b'"' {
-            &t[1..t.len() - 1]
-        } else {
-            t
-        };
-        if !out.is_empty() {
+    t
+};
+
+/// Bytes that a value's JSON string must escape (for a text request the
+/// quote too; a JSON request's string elements keep theirs, stripped below).
+const NOT_PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = b < 0x20 || b >= 0x7f || b == b'\\' as usize || b == b'"' as usize;
+        b += 1;
+    }
+    t
+};
+
+/// Writes the first `n` values of a request's text as the JSON strings of
+/// the log line's `values` array, copied from the text as they are: one
+/// pass over the bytes into a buffer on the stack, a value escaped only
+/// when it is not plain printable ASCII (never a valid number).
+pub fn write_values(out: &mut Vec<u8>, text: &[u8], syntax: Syntax, n: usize) {
+    const FAST: usize = 256;
+    if n == 0 {
+        return;
+    }
+    if text.len() <= FAST && syntax == Syntax::Text {
+        // Every byte becomes at most two (a one-byte value: quote, byte,
+        // quote and a comma, for a value and its separator).
+        let mut buf = [0u8; 2 * FAST + 2];
+        let mut w = 0;
+        let mut written = 0;
+        let mut in_value = false;
+        for &b in text {
+            if SEPARATOR[usize::from(b)] {
+                if in_value {
+                    buf[w] = b'"';
+                    w += 1;
+                    in_value = false;
+                    if written == n {
+                        break;
+                    }
+                }
+                continue;
+            }
+            if NOT_PLAIN[usize::from(b)] {
+                return write_values_slowly(out, text, syntax, n);
+            }
+            if !in_value {
+                if written == n {
+                    break;
+                }
+                if written > 0 {
+                    buf[w] = b',';
+                    w += 1;
+                }
+                buf[w] = b'"';
+                w += 1;
+                written += 1;
+                in_value = true;
+            }
+            buf[w] = b;
+            w += 1;
+        }
+        if in_value {
+            buf[w] = b'"';
+            w += 1;
+        }
+        out.extend_from_slice(&buf[..w]);
+        return;
+    }
+    write_values_slowly(out, text, syntax, n);
+}
+
+/// [`write_values`] for long or odd text: value by value.
+fn write_values_slowly(out: &mut Vec<u8>, text: &[u8], syntax: Syntax, n: usize) {
+    let json = syntax == Syntax::JsonArray;
+    let mut written = 0;
+    let mut i = 0;
+    while i < text.len() && written < n {
+        if SEPARATOR[usize::from(text[i])] {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < text.len() && !SEPARATOR[usize::from(text[i])] {
+            i += 1;
+        }
+        let mut token = &text[start..i];
+        if json && token.len() >= 2 && token[0] == b'"' && token[token.len() - 1] == b'"' {
+            token = &token[1..token.len() - 1];
+        }
+        if written > 0 {
             out.push(b',');
         }
-        json_str(&mut out, &String::from_utf8_lossy(t));
+        written += 1;
+        if token.iter().all(|&b| !NOT_PLAIN[usize::from(b)]) {
+            out.push(b'"');
+            out.extend_from_slice(token);
+            out.push(b'"');
+        } else {
+            json_str(out, &String::from_utf8_lossy(token));
+        }
     }
-    out
 }
 
 /// A duration in milliseconds with three decimals, from integer
 /// microseconds (no float formatting).
 fn write_millis(out: &mut Vec<u8>, d: Duration) {
     let us = d.as_micros() as u64;
-    push_int(out, us / 1000);
+    write_u64(out, us / 1000);
     out.push(b'.');
     let frac = us % 1000;
     out.push(b'0' + (frac / 100) as u8);
@@ -220,43 +348,62 @@ fn write_millis(out: &mut Vec<u8>, d: Duration) {
     out.push(b'0' + (frac % 10) as u8);
 }
 
-/// RFC 3339 timestamps with microseconds; the date and time up to the
-/// second are formatted once per second.
+/// RFC 3339 timestamps with microseconds, read once per turn of the loop
+/// (the lines of one turn share it) and formatted once per microsecond
+/// that is logged; the date and time up to the second once per second.
 #[derive(Default)]
 pub struct LogClock {
     secs: u64,
-    prefix: String,
+    micros: u32,
+    /// "2026-11-30T00:34:16.123456Z".
+    text: Vec<u8>,
 }
 
 impl LogClock {
-    fn write(&mut self, out: &mut Vec<u8>) {
-        let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        if since.as_secs() != self.secs || self.prefix.is_empty() {
+    /// The time of this turn's lines.
+    pub fn set(&mut self, now: SystemTime) {
+        let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+        if since.as_secs() == self.secs && since.subsec_micros() == self.micros && !self.text.is_empty() {
+            return;
+        }
+        if since.as_secs() != self.secs || self.text.is_empty() {
             self.secs = since.as_secs();
             let whole = UNIX_EPOCH + Duration::from_secs(self.secs);
             // "2026-11-30T00:34:16Z" without its "Z".
-            let mut text = humantime::format_rfc3339_seconds(whole).to_string();
-            text.pop();
-            self.prefix = text;
+            let text = humantime::format_rfc3339_seconds(whole).to_string();
+            self.text.clear();
+            self.text.extend_from_slice(&text.as_bytes()[..text.len() - 1]);
+            self.text.extend_from_slice(b".000000Z");
         }
-        out.extend_from_slice(self.prefix.as_bytes());
-        out.push(b'.');
-        let us = since.subsec_micros();
-        let mut digits = [b'0'; 6];
-        let mut v = us;
-        for d in digits.iter_mut().rev() {
+        self.micros = since.subsec_micros();
+        let mut v = self.micros;
+        let end = self.text.len() - 1;
+        for d in self.text[end - 6..end].iter_mut().rev() {
             *d = b'0' + (v % 10) as u8;
             v /= 10;
         }
-        out.extend_from_slice(&digits);
-        out.push(b'Z');
     }
+
+    fn write(&mut self, out: &mut Vec<u8>) {
+        if self.text.is_empty() {
+            self.set(SystemTime::now());
+        }
+        out.extend_from_slice(&self.text);
+    }
+}
+
+/// The values of a log line: rendered when the request was read, or from
+/// its text (the first `n`).
+enum Values<'a> {
+    Rendered(&'a [u8]),
+    Raw(&'a [u8], Syntax, usize),
 }
 
 fn write_log_line(
     out: &mut Vec<u8>,
     clock: &mut LogClock,
     a: &Asked,
+    values: Values,
     outcome: Result<&Output, &Failure>,
     queue: Duration,
     run: Duration,
@@ -268,8 +415,15 @@ fn write_log_line(
     out.extend_from_slice(a.peer.as_bytes());
     out.extend_from_slice(b"\",\"proto\":\"");
     out.extend_from_slice(a.proto.as_str().as_bytes());
-    out.extend_from_slice(b"\",\"user\":");
-    json_str(out, a.user.as_ref().map_or(crate::users::ANONYMOUS, Name::as_str));
+    // Names, ids, op names and codes are plain ASCII by their grammars:
+    // copied between quotes, no escaping to look for.
+    out.extend_from_slice(b"\",\"user\":\"");
+    out.extend_from_slice(
+        a.user
+            .as_ref()
+            .map_or(crate::users::ANONYMOUS.as_bytes(), Name::as_bytes),
+    );
+    out.push(b'"');
     out.extend_from_slice(b",\"id\":");
     match &a.id {
         Some(id) => write_id(out, id),
@@ -277,19 +431,26 @@ fn write_log_line(
     }
     out.extend_from_slice(b",\"op\":");
     match a.op {
-        Some(op) => json_str(out, OPS[op].name),
+        Some(op) => {
+            out.push(b'"');
+            out.extend_from_slice(OPS[op].name.as_bytes());
+            out.push(b'"');
+        }
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"count\":");
-    push_int(out, a.count as u64);
+    write_u64(out, a.count as u64);
     out.extend_from_slice(b",\"values\":[");
-    out.extend_from_slice(&a.values);
+    match values {
+        Values::Rendered(v) => out.extend_from_slice(v),
+        Values::Raw(text, syntax, n) => write_values(out, text, syntax, n),
+    }
     out.extend_from_slice(b"],");
     match outcome {
         // The users table is logged as its number of names, not in full.
         Ok(Output::Users(table)) => {
             out.extend_from_slice(b"\"ok\":true,\"result\":");
-            push_int(out, table.names as u64);
+            write_u64(out, table.names as u64);
         }
         Ok(result) => {
             out.extend_from_slice(b"\"ok\":true,\"result\":");
@@ -336,7 +497,15 @@ mod tests {
         let a = asked(values);
         let two = Output::Num(Num::Int(2));
         let (queue, run) = (Duration::from_micros(1500), Duration::from_micros(20));
-        write_log_line(&mut out, &mut LogClock::default(), &a, Ok(&two), queue, run);
+        write_log_line(
+            &mut out,
+            &mut LogClock::default(),
+            &a,
+            Values::Rendered(&a.values),
+            Ok(&two),
+            queue,
+            run,
+        );
         assert_eq!(out.last(), Some(&b'\n'));
         let j: serde_json::Value = serde_json::from_slice(&out).unwrap();
         for key in [
@@ -360,12 +529,41 @@ mod tests {
             &mut out,
             &mut LogClock::default(),
             &a,
+            Values::Rendered(b""),
             Ok(&Output::Users(table)),
             Duration::ZERO,
             Duration::ZERO,
         );
         let j: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(j["result"], 2);
+    }
+
+    #[test]
+    fn odd_values_are_escaped_in_the_log() {
+        let mut out = Vec::new();
+        write_values(&mut out, b"1 a\"b \xff\\ 2", Syntax::Text, 16);
+        let text = format!("[{}]", String::from_utf8(out).unwrap());
+        let v: Vec<String> = serde_json::from_str(&text).unwrap();
+        assert_eq!(v, ["1", "a\"b", "\u{fffd}\\", "2"]);
+        let mut out = Vec::new();
+        write_values(&mut out, br#"[1, "2", "a\"b", 3]"#, Syntax::JsonArray, 3);
+        let v: Vec<String> = serde_json::from_str(&format!("[{}]", String::from_utf8(out).unwrap())).unwrap();
+        assert_eq!(v, ["1", "2", "a\\\"b"]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_fast_values_writer_agrees_with_the_slow_one(
+            text in proptest::collection::vec(proptest::sample::select(b" ,\t[]12-.e\"\\x\x01\xc3".to_vec()), 0..80),
+            n in 0usize..20,
+        ) {
+            let (mut fast, mut slow) = (Vec::new(), Vec::new());
+            write_values(&mut fast, &text, Syntax::Text, n);
+            write_values_slowly(&mut slow, &text, Syntax::Text, n);
+            proptest::prop_assert_eq!(&fast, &slow);
+            let v: Vec<String> = serde_json::from_slice(&[b"[".as_slice(), &fast, b"]"].concat()).unwrap();
+            proptest::prop_assert!(v.len() <= n);
+        }
     }
 
     #[test]

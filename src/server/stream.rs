@@ -9,7 +9,7 @@
 //! `crate::http`.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,15 +18,15 @@ use mio::net::TcpStream;
 use mio::{Interest, Token};
 
 use super::budget::{Holder, SMALL};
-use super::conn::{Ending, Framed, Hold, Phase, READ_CHUNK, Session};
-use super::dispatch::{Origin, Place, TASK_BYTES};
+use super::conn::{Ending, Framed, Hold, Phase, READ_CHUNK, Session, Tick};
+use super::dispatch::{Origin, Place, TASK_BYTES, ValuesArg};
 use super::listener::ListenerSettings;
 use super::record::Asked;
 use super::{CONN_BASE, Server, canonical};
 use crate::http::{self, Action, Parsed};
 use crate::metrics::Gauges;
 use crate::ops::lookup;
-use crate::protocol::{self, Args, Body, Failure, Format, Name, ParseCtx, Payload, Rejection};
+use crate::protocol::{self, Args, Body, Failure, Format, Name, ParseCtx, Payload, Rejection, Request};
 use crate::tasks::TaskWork;
 
 /// Reads per connection per turn, so one busy client cannot starve the
@@ -62,8 +62,13 @@ pub struct Conn {
     sock: TcpStream,
     pub session: Session,
     settings: Rc<ListenerSettings>,
-    peer: SocketAddr,
-    accepted: Instant,
+    /// The client's address, in two parts: a `SocketAddr` would take 32
+    /// bytes, and every connection has one.
+    ip: IpAddr,
+    port: u16,
+    accepted: Tick,
+    /// The client has shut its side down (EPOLLRDHUP): read to the EOF.
+    peer_shut: bool,
     extra: Option<Box<Extra>>,
     /// What this connection adds to the budget's count.
     counted: usize,
@@ -87,6 +92,10 @@ impl Conn {
         self.session.id()
     }
 
+    fn peer(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port)
+    }
+
     fn extra(&mut self) -> &mut Extra {
         self.extra.get_or_insert_with(|| {
             Box::new(Extra {
@@ -108,7 +117,7 @@ impl Conn {
     }
 
     fn peer_text(&mut self) -> Rc<str> {
-        let peer = self.peer;
+        let peer = self.peer();
         Rc::clone(
             self.extra()
                 .peer_text
@@ -307,6 +316,11 @@ fn read_tls(sock: &mut TcpStream, extra: &mut Extra, buf: &mut [u8]) -> io::Resu
     }
 }
 
+fn unix_seconds(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// What taking one request did.
 enum Take {
     Took,
@@ -353,8 +367,10 @@ impl Server {
             sock,
             session: Session::new(id, now),
             settings: Rc::clone(&settings),
-            peer,
-            accepted: now,
+            ip: peer.ip(),
+            port: peer.port(),
+            accepted: Tick::of(now),
+            peer_shut: false,
             extra: None,
             counted: 0,
         };
@@ -458,6 +474,15 @@ impl Server {
                     self.take_requests(key, now);
                     return Stop::Done;
                 }
+                // A plain socket that gave less than asked is empty: a
+                // request and its answer take one read, not a second one
+                // that would only say WouldBlock. (New data, or the
+                // client's EOF, raises a new event; an EOF that came with
+                // this data was reported with it, and is read.)
+                Ok(n) if n < room.min(READ_CHUNK) && c.tls().is_none() && !c.peer_shut => {
+                    self.sync_conn(key);
+                    return self.take_requests(key, now).unwrap_or(Stop::Idle);
+                }
                 Ok(_) => self.sync_conn(key),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return self.take_requests(key, now).unwrap_or(Stop::Idle);
@@ -475,13 +500,13 @@ impl Server {
         let Some(c) = self.conns.get_mut(key) else { return };
         if let Some(failure) = e.get_ref().and_then(|r| r.downcast_ref::<TlsFailure>()) {
             self.books.counters.tls_failures += 1;
-            let peer = c.peer;
+            let peer = c.peer();
             let what = if c.handshaking() { "handshake" } else { "session" };
             self.books
                 .tls_log
                 .log(|| format!("TLS {what} with {peer} failed: {failure}"));
         } else {
-            log::debug!("read from {}: {e}", c.peer);
+            log::debug!("read from {}: {e}", c.peer());
         }
         // Whatever rustls queued (an alert) is its last word.
         let _ = c.flush(now);
@@ -524,12 +549,8 @@ impl Server {
             return false;
         };
         let who = Holder { key, id: c.id() };
-        let holds = c.session.held();
-        if self.budget.may_take(who, holds + need, c.session.inflight()) {
-            return true;
-        }
-        self.budget.may_read(who, holds.max(SMALL));
-        false
+        self.budget
+            .may_take(who, c.session.held(), need, c.session.inflight())
     }
 
     /// Frames and dispatches one line.
@@ -567,28 +588,35 @@ impl Server {
         }
         let c = &mut self.conns[key];
         c.session.touch(now);
-        let payload = match &parsed {
-            Ok(req) => match &req.args {
-                Args::Values { span, syntax, .. } => {
-                    let at = range.start + span.start..range.start + span.end;
-                    let moved = (range.len() >= MOVE_LINE)
-                        .then(|| c.session.take_line_buffer(&range))
-                        .flatten();
-                    let (bytes, span) = match moved {
-                        Some(buf) => (buf, at),
-                        None => (c.session.line(at).to_vec(), 0..span.len()),
-                    };
-                    Some(Payload {
-                        bytes,
-                        span,
-                        syntax: *syntax,
-                    })
-                }
-                _ => None,
-            },
-            Err(_) => None,
+        let values = match &parsed {
+            Ok(Request {
+                args: Args::Values { span, syntax, .. },
+                ..
+            }) => Some((range.start + span.start..range.start + span.end, *syntax)),
+            _ => None,
         };
-        self.dispatch(&origin, parsed, payload, now);
+        match values {
+            // A big line moves to its task with the buffer it was read into.
+            Some((at, syntax)) if range.len() >= MOVE_LINE => {
+                let bytes = c.session.take_line_buffer(&range).unwrap_or_default();
+                let payload = Payload {
+                    bytes,
+                    span: at,
+                    syntax,
+                };
+                self.dispatch(&origin, parsed, Some(ValuesArg::Owned(payload)), now);
+            }
+            // A small one is copied into the loop's own buffer for the time
+            // of the dispatch: computed at once, it costs no allocation.
+            Some((at, syntax)) => {
+                let mut text = std::mem::take(&mut self.line);
+                text.clear();
+                text.extend_from_slice(c.session.line(at));
+                self.dispatch(&origin, parsed, Some(ValuesArg::Borrowed(&text, syntax)), now);
+                self.line = text;
+            }
+            None => self.dispatch(&origin, parsed, None, now),
+        }
         Take::Took
     }
 
@@ -622,7 +650,7 @@ impl Server {
                 c.session
                     .reply_now(&mut self.buffers, |out| http::write_error(out, &e, &[]));
                 c.session.finish();
-                let proto = c.settings.proto().as_str();
+                let proto = c.settings.proto();
                 self.books.metrics.record_http_error(proto, e.code);
                 Take::Empty
             }
@@ -675,11 +703,11 @@ impl Server {
         match action {
             Action::Request { req, bytes } => {
                 let payload = match &req.args {
-                    Args::Values { span, syntax, .. } => Some(Payload {
+                    Args::Values { span, syntax, .. } => Some(ValuesArg::Owned(Payload {
                         bytes,
                         span: span.clone(),
                         syntax: *syntax,
-                    }),
+                    })),
                     _ => None,
                 };
                 self.dispatch(&origin, Ok(req), payload, now);
@@ -730,9 +758,7 @@ impl Server {
             }
             Action::Error(mut e) => {
                 e.close |= close;
-                self.books
-                    .metrics
-                    .record_http_error(origin.proto.as_str(), e.code);
+                self.books.metrics.record_http_error(origin.proto, e.code);
                 reply(self, &|out| http::write_error(out, &e, &[]));
                 if e.close {
                     self.end_requests(key);
@@ -758,7 +784,12 @@ impl Server {
             users: self.books.users.len(),
             results_log_write_errors: self.books.files.write_errors(),
             config_last_reload_successful: self.life.last_reload_ok,
+            config_last_reload_seconds: unix_seconds(self.life.config_loaded_at),
+            udp_lines_dropped: self.books.counters.udp_lines_dropped,
+            udp_replies_dropped: self.books.counters.udp_replies_dropped,
+            tls_failures: self.books.counters.tls_failures,
             version: env!("CARGO_PKG_VERSION"),
+            process: crate::metrics::Process::read(unix_seconds(self.life.started_at)),
         }
     }
 
@@ -785,7 +816,8 @@ impl Server {
     /// memory goes first in line, so its end is noticed and what it holds
     /// is freed soon.
     pub(super) fn peer_closed(&mut self, key: usize) {
-        if let Some(c) = self.conns.get(key) {
+        if let Some(c) = self.conns.get_mut(key) {
+            c.peer_shut = true;
             self.budget.prefer(Holder { key, id: c.id() });
         }
     }
@@ -806,7 +838,7 @@ impl Server {
             }
             let was_held = c.session.hold(max_inflight) == Hold::Output;
             if let Err(e) = c.flush(now) {
-                log::debug!("write to {}: {e}", c.peer);
+                log::debug!("write to {}: {e}", c.peer());
                 self.close(key);
                 continue;
             }
@@ -858,7 +890,7 @@ impl Server {
         self.budget.update(c.counted, 0);
         self.budget.forget(Holder { key, id: c.id() });
         let _ = self.poll.registry().deregister(&mut c.sock);
-        let ip = canonical(c.peer.ip());
+        let ip = canonical(c.ip);
         if let Some(n) = self.per_ip.get_mut(&ip) {
             *n -= 1;
             if *n == 0 {
@@ -887,10 +919,10 @@ impl Server {
         for (key, c) in self.conns.iter() {
             let s = &c.session;
             match s.phase() {
-                Phase::Lingering { until } if now >= until => hard.push(key),
+                Phase::Lingering { until } if until.reached(now) => hard.push(key),
                 Phase::Lingering { .. } => {}
-                _ if c.handshaking() && now.duration_since(c.accepted) >= TLS_HANDSHAKE_TIMEOUT => {
-                    let peer = c.peer;
+                _ if c.handshaking() && c.accepted.until(now) >= TLS_HANDSHAKE_TIMEOUT => {
+                    let peer = c.peer();
                     self.books.counters.tls_failures += 1;
                     self.books
                         .tls_log
@@ -901,13 +933,13 @@ impl Server {
                     && s.phase() == Phase::Open
                     && s.inflight() == 0
                     && s.all_sent()
-                    && now.duration_since(s.last_active()) >= DRAIN_IDLE =>
+                    && s.idle_for(now) >= DRAIN_IDLE =>
                 {
                     soft.push(key);
                 }
                 _ => {
                     let Some(idle) = idle else { continue };
-                    if s.inflight() == 0 && now.duration_since(s.last_active()) >= idle {
+                    if s.inflight() == 0 && s.idle_for(now) >= idle {
                         // Output that made no progress for that long will
                         // not be read: close outright.
                         if s.pending_output() > 0 {
@@ -930,7 +962,7 @@ impl Server {
         }
         for key in soft {
             if let Some(c) = self.conns.get(key) {
-                log::debug!("closing idle connection from {}", c.peer);
+                log::debug!("closing idle connection from {}", c.peer());
             }
             self.end_requests(key);
             self.end_if_done(key, now);

@@ -11,10 +11,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::Instant;
 
-use super::dispatch::{Origin, Place};
+use super::dispatch::{Origin, Place, ValuesArg};
 use super::{Server, Sock, canonical, udp_io};
 use crate::config::Proto;
-use crate::protocol::{self, Args, Failure, Format, Payload, Rejection};
+use crate::protocol::{self, Args, Failure, Format, Rejection};
 
 /// Non-blank lines served per datagram; more are dropped and counted.
 pub const MAX_LINES_PER_DATAGRAM: usize = 64;
@@ -150,11 +150,9 @@ impl Server {
             let parsed = protocol::parse_line(line, &self.parse_ctx(&settings));
             let payload = match &parsed {
                 Ok(req) => match &req.args {
-                    Args::Values { span, syntax, .. } => Some(Payload {
-                        bytes: line[span.clone()].to_vec(),
-                        span: 0..span.len(),
-                        syntax: *syntax,
-                    }),
+                    Args::Values { span, syntax, .. } => {
+                        Some(ValuesArg::Borrowed(&line[span.clone()], *syntax))
+                    }
                     _ => None,
                 },
                 Err(_) => None,
