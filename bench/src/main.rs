@@ -15,8 +15,10 @@
 mod affinity;
 mod baseline;
 mod cases;
+mod http;
 mod inproc;
 mod load;
+mod nginx;
 mod report;
 mod server;
 
@@ -49,7 +51,7 @@ struct Cli {
     #[arg(long)]
     quick: bool,
     /// Run only these cases (repeatable, or comma-separated): small,
-    /// pipelined, udp, sum, pi, idle, sched (or 1 to 7).
+    /// pipelined, udp, sum, pi, idle, sched, http (or 1 to 8).
     #[arg(long = "case", value_name = "NAME")]
     cases: Vec<String>,
     /// The taskd binary [default: target/release/taskd of the workspace].
@@ -102,8 +104,13 @@ struct LoadArgs {
     #[arg(long, default_value = "127.0.0.1:7700")]
     addr: SocketAddr,
     /// Send datagrams instead of using TCP connections.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "http")]
     udp: bool,
+    /// HTTP/1.1 keep-alive: each --request is a path to GET and its
+    /// --expect the exact body of the 200 response [default: the HTTP
+    /// case's /v1/max request and its body].
+    #[arg(long)]
+    http: bool,
     #[arg(long, default_value_t = 50)]
     connections: usize,
     /// Requests in flight per connection.
@@ -157,7 +164,24 @@ fn run_load(a: LoadArgs) -> Result<bool, String> {
     {
         return Err(format!("cannot pin to CPU {cpu}"));
     }
-    let mix: Vec<load::Req> = if a.requests.is_empty() {
+    let mix: Vec<load::Req> = if a.http {
+        let paths = if a.requests.is_empty() {
+            vec![http::HTTP_PATH.to_string()]
+        } else {
+            a.requests.clone()
+        };
+        paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                http::request(
+                    p,
+                    a.addr,
+                    a.expects.get(i).map_or(http::HTTP_BODY, String::as_str),
+                )
+            })
+            .collect()
+    } else if a.requests.is_empty() {
         let expect = a.expects.first().map_or(cases::SMALL_REPLY, String::as_str);
         vec![load::Req::new(cases::SMALL_REQUEST, expect)]
     } else {
@@ -172,6 +196,8 @@ fn run_load(a: LoadArgs) -> Result<bool, String> {
         addr: a.addr,
         transport: if a.udp {
             load::Transport::Udp
+        } else if a.http {
+            load::Transport::Http
         } else {
             load::Transport::Tcp
         },
@@ -187,12 +213,16 @@ fn run_load(a: LoadArgs) -> Result<bool, String> {
     Ok(r.invalid == 0)
 }
 
+/// The workspace's target directory.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")))
+}
+
 /// The release binary of the workspace's target directory.
 fn default_taskd() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")));
-    target.join("release").join("taskd")
+    target_dir().join("release").join("taskd")
 }
 
 /// Warns when a source file of taskd is newer than the binary.
@@ -391,7 +421,7 @@ mod tests {
         let names = vec!["sched,small".to_string(), "small".to_string()];
         assert_eq!(parse_cases(&names).unwrap(), vec![Case::Small, Case::Sched]);
         assert!(parse_cases(&["bogus".to_string()]).is_err());
-        assert_eq!(parse_cases(&[]).unwrap().len(), 7);
+        assert_eq!(parse_cases(&[]).unwrap().len(), 8);
     }
 
     #[test]
@@ -403,5 +433,8 @@ mod tests {
         assert!(Cli::try_parse_from(["taskd-bench", "--rounds", "0"]).is_err());
         let cli = Cli::try_parse_from(["taskd-bench", "load", "--udp", "--pipeline", "4"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Load(ref a)) if a.udp && a.pipeline == 4));
+        let cli = Cli::try_parse_from(["taskd-bench", "load", "--http"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Load(ref a)) if a.http && !a.udp));
+        assert!(Cli::try_parse_from(["taskd-bench", "load", "--http", "--udp"]).is_err());
     }
 }

@@ -1,6 +1,6 @@
 //! Starting and stopping the servers under test: taskd with a temporary
-//! configuration, or this program's own baseline loop, each on a free
-//! loopback port, optionally under `taskset`. A `ServerProc` kills its
+//! configuration, this program's own baseline loop, or nginx (`nginx.rs`),
+//! each on a free loopback port, optionally under `taskset`. A `ServerProc` kills its
 //! process when dropped, so no server outlives the benchmark, even on an
 //! error or a panic.
 
@@ -51,6 +51,11 @@ pub enum Subject<'a> {
     Taskd { bin: &'a Path },
     /// `taskd-bench serve`: the bare mio loop, answering `reply` to every line.
     Baseline { reply: &'a str },
+    /// taskd as `Taskd`, with one HTTP listener on the free port instead.
+    TaskdHttp { bin: &'a Path },
+    /// nginx with its own configuration, prefix and logs in the server's
+    /// temp dir, in the foreground and as one process (see `nginx.rs`).
+    Nginx { bin: &'a Path },
 }
 
 /// A running server; killed on drop.
@@ -84,6 +89,25 @@ impl ServerProc {
                     "taskd",
                 )
             }
+            Subject::TaskdHttp { bin } => {
+                let conf = dir.path().join("taskd.toml");
+                let mut f = File::create(&conf)?;
+                write!(
+                    f,
+                    "# written by taskd-bench: the defaults, HTTP on a free loopback port\n\
+                     [[listener]]\nproto = \"http\"\naddress = \"{addr}\"\n"
+                )?;
+                (
+                    bin.to_path_buf(),
+                    vec!["--config".into(), conf.display().to_string()],
+                    "taskd",
+                )
+            }
+            Subject::Nginx { bin } => (
+                bin.to_path_buf(),
+                crate::nginx::prepare(bin, dir.path(), addr)?,
+                "nginx",
+            ),
             Subject::Baseline { reply } => (
                 std::env::current_exe()?,
                 vec![
