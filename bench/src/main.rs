@@ -5,6 +5,7 @@
 //! ```text
 //! cargo build --release
 //! cargo run --release -p taskd-bench -- [--rounds N] [--pin] [--quick] [--case NAME]
+//! cargo run --release -p taskd-bench -- --profile     # callgrind: instructions per request
 //! ```
 //!
 //! Helper commands make up the rest of the program: `serve` is the baseline
@@ -19,6 +20,7 @@ mod http;
 mod inproc;
 mod load;
 mod nginx;
+mod profile;
 mod report;
 mod server;
 
@@ -62,6 +64,16 @@ struct Cli {
     /// --quick].
     #[arg(long, value_name = "SECONDS")]
     duration: Option<f64>,
+    /// Instead of timing: user-space instructions per request under
+    /// callgrind (valgrind), taskd against the bare loop over TCP
+    /// (pipelined) and UDP and against nginx over HTTP (the cases
+    /// pipelined, udp and http, or those of them named with --case).
+    #[arg(long)]
+    profile: bool,
+    /// Where --profile writes its callgrind files and top-function lists
+    /// [default: bench-profile in the target directory].
+    #[arg(long, value_name = "DIR")]
+    profile_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -278,6 +290,25 @@ fn run_suite(cli: Cli) -> Result<bool, String> {
     let started = Instant::now();
     let selected = parse_cases(&cli.cases)?;
     let taskd_bin = cli.taskd.clone().unwrap_or_else(default_taskd);
+    if cli.profile {
+        if !taskd_bin.is_file() {
+            return Err(format!(
+                "{} not found: build it first with `cargo build --release` (or pass --taskd PATH)",
+                taskd_bin.display()
+            ));
+        }
+        warn_if_stale(&taskd_bin);
+        let settings = profile::Settings {
+            taskd_bin,
+            out_dir: cli
+                .profile_dir
+                .unwrap_or_else(|| target_dir().join("bench-profile")),
+            kinds: profile::Kind::for_cases(&selected, !cli.cases.is_empty()),
+        };
+        let ok = profile::run(&settings)?;
+        println!("total time {:.0} s", started.elapsed().as_secs_f64());
+        return Ok(ok);
+    }
     if selected.iter().any(|c| c.needs_taskd_binary()) {
         if !taskd_bin.is_file() {
             return Err(format!(
@@ -436,5 +467,7 @@ mod tests {
         let cli = Cli::try_parse_from(["taskd-bench", "load", "--http"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Load(ref a)) if a.http && !a.udp));
         assert!(Cli::try_parse_from(["taskd-bench", "load", "--http", "--udp"]).is_err());
+        let cli = Cli::try_parse_from(["taskd-bench", "--profile", "--case", "http"]).unwrap();
+        assert!(cli.profile);
     }
 }
