@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use crate::cases::{Case, SMALL_REPLY, SMALL_REQUEST};
 use crate::http::{Cut, HTTP_BODY, HTTP_PATH, cut_response};
+use crate::report::grouped;
 use crate::server::{ServerProc, Subject};
 
 /// Requests of a loaded run.
@@ -181,12 +182,12 @@ pub fn run(s: &Settings) -> Result<bool, String> {
         for (m, r) in std::iter::once((&t, ratio.as_str())).chain(o.iter().map(|o| (o, ""))) {
             let _ = writeln!(
                 table,
-                "| {} | {} | {} | {} | {:.0} | {r} |",
+                "| {} | {} | {} | {} | {} | {r} |",
                 kind.name(),
                 m.server,
-                m.loaded,
-                m.idle,
-                m.per_request()
+                grouped(m.loaded as f64),
+                grouped(m.idle as f64),
+                grouped(m.per_request())
             );
         }
         for m in std::iter::once(&t).chain(o.iter()) {
@@ -476,6 +477,17 @@ fn drive_stream(
 /// each, then each one's reply read (loopback does not drop them at this
 /// rate; a lost one fails the run after `REPLY_TIMEOUT`).
 fn drive_udp(addr: SocketAddr, deadline: Instant) -> io::Result<()> {
+    // The server was seen listening on TCP; its UDP socket may come a
+    // moment later. Waited for without a datagram, which would count.
+    while !udp_bound(addr.port()) {
+        if Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the UDP port was never bound",
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let local: SocketAddr = match addr {
         SocketAddr::V4(_) => "127.0.0.1:0".parse().expect("valid address"),
         SocketAddr::V6(_) => "[::1]:0".parse().expect("valid address"),
@@ -513,6 +525,21 @@ fn drive_udp(addr: SocketAddr, deadline: Instant) -> io::Result<()> {
         done += UDP_SOCKETS;
     }
     Ok(())
+}
+
+/// Whether a UDP socket of this machine is bound to `port` (from
+/// /proc/net/udp and udp6, whose local address column ends in `:PORT`
+/// in hex).
+fn udp_bound(port: u16) -> bool {
+    let suffix = format!(":{port:04X}");
+    ["/proc/net/udp", "/proc/net/udp6"].iter().any(|f| {
+        fs::read_to_string(f).is_ok_and(|t| {
+            t.lines()
+                .skip(1)
+                .filter_map(|l| l.split_whitespace().nth(1))
+                .any(|local| local.ends_with(&suffix))
+        })
+    })
 }
 
 #[cfg(test)]
@@ -557,6 +584,15 @@ Ir                    file:function
         );
         assert!(got.starts_with("      10.0  "));
         assert_eq!(function_lines(report, 25).lines().count(), 3);
+    }
+
+    #[test]
+    fn bound_udp_ports_are_seen() {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = s.local_addr().unwrap().port();
+        assert!(udp_bound(port));
+        drop(s);
+        assert!(!udp_bound(port));
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub struct Results {
 }
 
 /// `1234567.8` as `1,234,568`.
-fn grouped(v: f64) -> String {
+pub(crate) fn grouped(v: f64) -> String {
     if !v.is_finite() {
         return format!("{v}");
     }
