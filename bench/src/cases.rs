@@ -1,4 +1,4 @@
-//! The seven cases of the benchmark. Each runs taskd and its baseline once
+//! The cases of the benchmark. Each runs taskd and its baseline once
 //! (one round) and returns one (taskd, baseline) pair per table row.
 
 use std::io::{self, Read};
@@ -39,10 +39,11 @@ pub enum Case {
     Pi,
     Idle,
     Sched,
+    Http,
 }
 
 impl Case {
-    pub const ALL: [Case; 7] = [
+    pub const ALL: [Case; 8] = [
         Case::Small,
         Case::Pipelined,
         Case::Udp,
@@ -50,6 +51,7 @@ impl Case {
         Case::Pi,
         Case::Idle,
         Case::Sched,
+        Case::Http,
     ];
 
     pub fn name(self) -> &'static str {
@@ -61,10 +63,11 @@ impl Case {
             Case::Pi => "pi",
             Case::Idle => "idle",
             Case::Sched => "sched",
+            Case::Http => "http",
         }
     }
 
-    /// By name or by number (1 to 7).
+    /// By name or by number (1 to 8).
     pub fn parse(s: &str) -> Option<Case> {
         let s = s.trim().to_ascii_lowercase();
         Case::ALL
@@ -95,6 +98,9 @@ pub enum Row {
     PiScale,
     IdleBytes,
     SchedCost,
+    HttpRate,
+    HttpP50,
+    HttpP99,
 }
 
 /// What a row must reach.
@@ -112,7 +118,7 @@ pub enum Target {
 }
 
 impl Row {
-    pub const ALL: [Row; 13] = [
+    pub const ALL: [Row; 16] = [
         Row::SmallRate,
         Row::SmallP50,
         Row::SmallP99,
@@ -126,6 +132,9 @@ impl Row {
         Row::PiScale,
         Row::IdleBytes,
         Row::SchedCost,
+        Row::HttpRate,
+        Row::HttpP50,
+        Row::HttpP99,
     ];
 
     pub fn index(self) -> usize {
@@ -144,6 +153,7 @@ impl Row {
             Row::PiOne | Row::PiAll | Row::PiScale => Case::Pi,
             Row::IdleBytes => Case::Idle,
             Row::SchedCost => Case::Sched,
+            Row::HttpRate | Row::HttpP50 | Row::HttpP99 => Case::Http,
         }
     }
 
@@ -163,6 +173,9 @@ impl Row {
             Row::PiScale => ("pi, all workers vs 1 PRNG thread", "Msamples/s"),
             Row::IdleBytes => ("idle memory per connection (5,000)", "B"),
             Row::SchedCost => ("sched ns/task, 50,000 queued vs 100", "ns"),
+            Row::HttpRate => ("HTTP keep-alive 50 conns x1 vs nginx: throughput", "req/s"),
+            Row::HttpP50 => ("HTTP keep-alive 50 conns x1 vs nginx: p50 latency", "us"),
+            Row::HttpP99 => ("HTTP keep-alive 50 conns x1 vs nginx: p99 latency", "us"),
         }
     }
 
@@ -177,7 +190,9 @@ impl Row {
             Row::PiScale => Target::RatioMin(1.9),
             Row::IdleBytes => Target::TaskdMax(128.0),
             Row::SchedCost => Target::RatioMax(1.5),
+            Row::HttpRate => Target::RatioMin(1.0),
             Row::SmallP50 | Row::PipeP99 | Row::UdpP99 | Row::PiAll => Target::None,
+            Row::HttpP50 | Row::HttpP99 => Target::None,
         }
     }
 }
@@ -201,7 +216,7 @@ pub struct Ctx {
 
 impl Ctx {
     /// `taskset -c` list for the server: one CPU when pinned.
-    fn server_cpus(&self) -> Option<String> {
+    pub(crate) fn server_cpus(&self) -> Option<String> {
         self.pin.then(|| self.server_cpu.to_string())
     }
 
@@ -226,10 +241,20 @@ pub struct CaseOut {
     pub first_error: Option<String>,
     /// One line for the progress log.
     pub note: String,
+    /// Why the case did not run (a tool it needs is missing).
+    pub skipped: Option<String>,
 }
 
 impl CaseOut {
-    fn absorb(&mut self, who: &str, r: &LoadResult) {
+    pub(crate) fn skipped(why: &str) -> CaseOut {
+        CaseOut {
+            note: format!("skipped: {why}"),
+            skipped: Some(why.to_string()),
+            ..CaseOut::default()
+        }
+    }
+
+    pub(crate) fn absorb(&mut self, who: &str, r: &LoadResult) {
         self.invalid += r.invalid;
         self.missing += r.missing;
         if self.first_error.is_none() {
@@ -249,6 +274,7 @@ pub fn run(case: Case, ctx: &Ctx, round: usize) -> CaseResult {
         Case::Pi => pi(ctx, round),
         Case::Idle => idle(ctx, round),
         Case::Sched => sched(ctx),
+        Case::Http => crate::http::case(ctx, round),
     }
 }
 
@@ -278,6 +304,46 @@ fn network(ctx: &Ctx, round: usize, transport: Transport, pipeline: usize) -> Ca
     let mut taskd = ServerProc::start(&ctx.taskd(), cpus.as_deref()).map_err(err)?;
     let mut base =
         ServerProc::start(&Subject::Baseline { reply: SMALL_REPLY }, cpus.as_deref()).map_err(err)?;
+    let [t, b] = alternate(ctx, round, [&taskd, &base], |addr, warmup, slice| LoadSpec {
+        addr,
+        transport,
+        connections: CONNECTIONS,
+        pipeline,
+        warmup,
+        duration: slice,
+        mix: vec![Req::new(SMALL_REQUEST, SMALL_REPLY)],
+        udp_timeout: Duration::from_millis(250),
+    })?;
+    taskd.check_alive().map_err(err)?;
+    base.check_alive().map_err(err)?;
+    let mut out = CaseOut::default();
+    out.absorb("taskd", &t);
+    out.absorb("baseline", &b);
+    out.note = format!("taskd {} | baseline {}", t.summary(), b.summary());
+    let (rate, p50, p99) = match (transport, pipeline) {
+        (Transport::Udp, _) => (Row::UdpRate, None, Row::UdpP99),
+        (Transport::Tcp, 1) => (Row::SmallRate, Some(Row::SmallP50), Row::SmallP99),
+        (Transport::Tcp | Transport::Http, _) => (Row::PipeRate, None, Row::PipeP99),
+    };
+    out.rows.push((rate, t.rate(), b.rate()));
+    if let Some(p50) = p50 {
+        out.rows.push((p50, t.quantile_us(0.5), b.quantile_us(0.5)));
+    }
+    out.rows.push((p99, t.quantile_us(0.99), b.quantile_us(0.99)));
+    Ok(out)
+}
+
+/// Loads two running servers in turn with the spec `spec_for(address,
+/// warm-up, slice)`: `ctx.duration` per server cut into `ctx.slices`
+/// slices taken taskd-baseline-baseline-taskd… (the order of the first
+/// pair alternating with the round), each on fresh connections; returns
+/// each server's slices merged.
+pub(crate) fn alternate(
+    ctx: &Ctx,
+    round: usize,
+    servers: [&ServerProc; 2],
+    spec_for: impl Fn(SocketAddr, Duration, Duration) -> LoadSpec,
+) -> Result<[LoadResult; 2], String> {
     let slices = ctx.slices.max(1);
     let slice = ctx.duration / slices as u32;
     let mut results: [Option<LoadResult>; 2] = [None, None];
@@ -290,17 +356,8 @@ fn network(ctx: &Ctx, round: usize, transport: Transport, pipeline: usize) -> Ca
             [1, 0]
         };
         for side in order {
-            let server = if side == 0 { &taskd } else { &base };
-            let spec = LoadSpec {
-                addr: server.addr,
-                transport,
-                connections: CONNECTIONS,
-                pipeline,
-                warmup,
-                duration: slice,
-                mix: vec![Req::new(SMALL_REQUEST, SMALL_REPLY)],
-                udp_timeout: Duration::from_millis(250),
-            };
+            let server = servers[side];
+            let spec = spec_for(server.addr, warmup, slice);
             let r = load::run(&spec).map_err(|e| format!("{}: load: {e}", server.name))?;
             match &mut results[side] {
                 Some(acc) => acc.merge(r),
@@ -308,26 +365,10 @@ fn network(ctx: &Ctx, round: usize, transport: Transport, pipeline: usize) -> Ca
             }
         }
     }
-    taskd.check_alive().map_err(err)?;
-    base.check_alive().map_err(err)?;
     let [Some(t), Some(b)] = results else {
         return Err("no measurement was taken".into());
     };
-    let mut out = CaseOut::default();
-    out.absorb("taskd", &t);
-    out.absorb("baseline", &b);
-    out.note = format!("taskd {} | baseline {}", t.summary(), b.summary());
-    let (rate, p50, p99) = match (transport, pipeline) {
-        (Transport::Udp, _) => (Row::UdpRate, None, Row::UdpP99),
-        (Transport::Tcp, 1) => (Row::SmallRate, Some(Row::SmallP50), Row::SmallP99),
-        (Transport::Tcp, _) => (Row::PipeRate, None, Row::PipeP99),
-    };
-    out.rows.push((rate, t.rate(), b.rate()));
-    if let Some(p50) = p50 {
-        out.rows.push((p50, t.quantile_us(0.5), b.quantile_us(0.5)));
-    }
-    out.rows.push((p99, t.quantile_us(0.99), b.quantile_us(0.99)));
-    Ok(out)
+    Ok([t, b])
 }
 
 /// A blocking request/reply connection: the shared line client, timed.
@@ -603,7 +644,8 @@ mod tests {
         assert_eq!(Case::parse("small"), Some(Case::Small));
         assert_eq!(Case::parse("PI"), Some(Case::Pi));
         assert_eq!(Case::parse("7"), Some(Case::Sched));
-        assert_eq!(Case::parse("8"), None);
+        assert_eq!(Case::parse("8"), Some(Case::Http));
+        assert_eq!(Case::parse("9"), None);
         assert_eq!(Case::parse("nosuch"), None);
     }
 

@@ -2,7 +2,8 @@
 //! that keeps `pipeline` requests in flight on each of `connections` TCP
 //! connections (or UDP sockets), for a warm-up and then a measured window,
 //! validates every reply and records each request's latency in an HDR
-//! histogram.
+//! histogram. `Transport::Http` is the same TCP client with HTTP/1.1
+//! keep-alive requests, each response framed and checked by `http.rs`.
 //!
 //! Bounds: sending stops at the end of the window; outstanding replies are
 //! then awaited for at most `DRAIN_TIMEOUT`, and whatever has not come is
@@ -56,6 +57,9 @@ pub fn reply_matches(reply: &[u8], expect: &[u8]) -> bool {
 pub enum Transport {
     Tcp,
     Udp,
+    /// TCP connections carrying HTTP/1.1 keep-alive requests: a `Req`'s
+    /// `line` is the whole request, its `expect` the exact body of a 200.
+    Http,
 }
 
 #[derive(Debug, Clone)]
@@ -177,6 +181,11 @@ impl Tally {
     /// A reply to a request sent at `sent`, received at `now`.
     fn reply(&mut self, req: Option<&Req>, reply: &[u8], sent: Instant, now: Instant) {
         let ok = req.is_some_and(|r| r.accepts(reply));
+        self.judged(ok, req, reply, sent, now);
+    }
+
+    /// A reply already found valid or not (`reply` is shown if not).
+    fn judged(&mut self, ok: bool, req: Option<&Req>, reply: &[u8], sent: Instant, now: Instant) {
         if !ok {
             self.invalid += 1;
             let expected = req.map_or("no reply".to_string(), |r| {
@@ -215,7 +224,7 @@ pub fn run(spec: &LoadSpec) -> io::Result<LoadResult> {
         ));
     }
     match spec.transport {
-        Transport::Tcp => run_tcp(spec),
+        Transport::Tcp | Transport::Http => run_tcp(spec),
         Transport::Udp => run_udp(spec),
     }
 }
@@ -321,18 +330,10 @@ fn run_tcp(spec: &LoadSpec) -> io::Result<LoadResult> {
                     }
                 }
                 let now = Instant::now();
-                let mut pos = 0;
-                while let Some(nl) = c.rbuf[pos..].iter().position(|&b| b == b'\n') {
-                    let mut line = &c.rbuf[pos..pos + nl];
-                    if let Some(l) = line.strip_suffix(b"\r") {
-                        line = l;
-                    }
-                    match c.inflight.pop_front() {
-                        Some((sent, i)) => tally.reply(Some(&spec.mix[i]), line, sent, now),
-                        None => tally.reply(None, line, now, now),
-                    }
-                    pos += nl + 1;
-                }
+                let pos = match spec.transport {
+                    Transport::Http => http_responses(c, &spec.mix, &mut tally, now),
+                    _ => line_replies(c, &spec.mix, &mut tally, now),
+                };
                 c.rbuf.drain(..pos);
                 if now < tally.stop_sending && !c.closed {
                     while c.inflight.len() < spec.pipeline {
@@ -350,6 +351,61 @@ fn run_tcp(spec: &LoadSpec) -> io::Result<LoadResult> {
     }
     tally.missing = clients.iter().map(|c| c.inflight.len() as u64).sum();
     Ok(tally.finish(spec))
+}
+
+/// Takes the complete reply lines at the front of `c.rbuf`, checks each
+/// against the oldest request in flight; returns the bytes taken.
+fn line_replies(c: &mut TcpClient, mix: &[Req], tally: &mut Tally, now: Instant) -> usize {
+    let mut pos = 0;
+    while let Some(nl) = c.rbuf[pos..].iter().position(|&b| b == b'\n') {
+        let mut line = &c.rbuf[pos..pos + nl];
+        if let Some(l) = line.strip_suffix(b"\r") {
+            line = l;
+        }
+        match c.inflight.pop_front() {
+            Some((sent, i)) => tally.reply(Some(&mix[i]), line, sent, now),
+            None => tally.reply(None, line, now, now),
+        }
+        pos += nl + 1;
+    }
+    pos
+}
+
+/// Takes the complete HTTP responses at the front of `c.rbuf`, checks
+/// each against the oldest request in flight; returns the bytes taken.
+/// A response that cannot be framed ends the connection.
+fn http_responses(c: &mut TcpClient, mix: &[Req], tally: &mut Tally, now: Instant) -> usize {
+    use crate::http::{Cut, cut_response, describe};
+    let mut pos = 0;
+    loop {
+        match cut_response(&c.rbuf[pos..]) {
+            Cut::Incomplete => return pos,
+            Cut::Broken(e) => {
+                c.closed = true;
+                tally.invalid += 1;
+                tally.error(format!("HTTP: {e}"));
+                return pos;
+            }
+            Cut::Response {
+                len,
+                status,
+                body,
+                close,
+            } => {
+                let resp = &c.rbuf[pos..pos + len];
+                let body = &resp[body];
+                let front = c.inflight.pop_front();
+                let req = front.map(|(_, i)| &mix[i]);
+                let sent = front.map_or(now, |(t, _)| t);
+                if status == 200 && !close && req.is_some_and(|r| r.expect == body) {
+                    tally.judged(true, req, body, sent, now);
+                } else {
+                    tally.judged(false, req, &describe(resp, body, close), sent, now);
+                }
+                pos += len;
+            }
+        }
+    }
 }
 
 struct UdpClient {

@@ -5,6 +5,7 @@
 //! ```text
 //! cargo build --release
 //! cargo run --release -p taskd-bench -- [--rounds N] [--pin] [--quick] [--case NAME]
+//! cargo run --release -p taskd-bench -- --profile     # callgrind: instructions per request
 //! ```
 //!
 //! Helper commands make up the rest of the program: `serve` is the baseline
@@ -15,8 +16,11 @@
 mod affinity;
 mod baseline;
 mod cases;
+mod http;
 mod inproc;
 mod load;
+mod nginx;
+mod profile;
 mod report;
 mod server;
 
@@ -49,7 +53,7 @@ struct Cli {
     #[arg(long)]
     quick: bool,
     /// Run only these cases (repeatable, or comma-separated): small,
-    /// pipelined, udp, sum, pi, idle, sched (or 1 to 7).
+    /// pipelined, udp, sum, pi, idle, sched, http (or 1 to 8).
     #[arg(long = "case", value_name = "NAME")]
     cases: Vec<String>,
     /// The taskd binary [default: target/release/taskd of the workspace].
@@ -60,6 +64,16 @@ struct Cli {
     /// --quick].
     #[arg(long, value_name = "SECONDS")]
     duration: Option<f64>,
+    /// Instead of timing: user-space instructions per request under
+    /// callgrind (valgrind), taskd against the bare loop over TCP
+    /// (pipelined) and UDP and against nginx over HTTP (the cases
+    /// pipelined, udp and http, or those of them named with --case).
+    #[arg(long)]
+    profile: bool,
+    /// Where --profile writes its callgrind files and top-function lists
+    /// [default: bench-profile in the target directory].
+    #[arg(long, value_name = "DIR")]
+    profile_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -102,8 +116,13 @@ struct LoadArgs {
     #[arg(long, default_value = "127.0.0.1:7700")]
     addr: SocketAddr,
     /// Send datagrams instead of using TCP connections.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "http")]
     udp: bool,
+    /// HTTP/1.1 keep-alive: each --request is a path to GET and its
+    /// --expect the exact body of the 200 response [default: the HTTP
+    /// case's /v1/max request and its body].
+    #[arg(long)]
+    http: bool,
     #[arg(long, default_value_t = 50)]
     connections: usize,
     /// Requests in flight per connection.
@@ -157,7 +176,24 @@ fn run_load(a: LoadArgs) -> Result<bool, String> {
     {
         return Err(format!("cannot pin to CPU {cpu}"));
     }
-    let mix: Vec<load::Req> = if a.requests.is_empty() {
+    let mix: Vec<load::Req> = if a.http {
+        let paths = if a.requests.is_empty() {
+            vec![http::HTTP_PATH.to_string()]
+        } else {
+            a.requests.clone()
+        };
+        paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                http::request(
+                    p,
+                    a.addr,
+                    a.expects.get(i).map_or(http::HTTP_BODY, String::as_str),
+                )
+            })
+            .collect()
+    } else if a.requests.is_empty() {
         let expect = a.expects.first().map_or(cases::SMALL_REPLY, String::as_str);
         vec![load::Req::new(cases::SMALL_REQUEST, expect)]
     } else {
@@ -172,6 +208,8 @@ fn run_load(a: LoadArgs) -> Result<bool, String> {
         addr: a.addr,
         transport: if a.udp {
             load::Transport::Udp
+        } else if a.http {
+            load::Transport::Http
         } else {
             load::Transport::Tcp
         },
@@ -187,12 +225,16 @@ fn run_load(a: LoadArgs) -> Result<bool, String> {
     Ok(r.invalid == 0)
 }
 
+/// The workspace's target directory.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")))
+}
+
 /// The release binary of the workspace's target directory.
 fn default_taskd() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")));
-    target.join("release").join("taskd")
+    target_dir().join("release").join("taskd")
 }
 
 /// Warns when a source file of taskd is newer than the binary.
@@ -248,6 +290,25 @@ fn run_suite(cli: Cli) -> Result<bool, String> {
     let started = Instant::now();
     let selected = parse_cases(&cli.cases)?;
     let taskd_bin = cli.taskd.clone().unwrap_or_else(default_taskd);
+    if cli.profile {
+        if !taskd_bin.is_file() {
+            return Err(format!(
+                "{} not found: build it first with `cargo build --release` (or pass --taskd PATH)",
+                taskd_bin.display()
+            ));
+        }
+        warn_if_stale(&taskd_bin);
+        let settings = profile::Settings {
+            taskd_bin,
+            out_dir: cli
+                .profile_dir
+                .unwrap_or_else(|| target_dir().join("bench-profile")),
+            kinds: profile::Kind::for_cases(&selected, !cli.cases.is_empty()),
+        };
+        let ok = profile::run(&settings)?;
+        println!("total time {:.0} s", started.elapsed().as_secs_f64());
+        return Ok(ok);
+    }
     if selected.iter().any(|c| c.needs_taskd_binary()) {
         if !taskd_bin.is_file() {
             return Err(format!(
@@ -391,7 +452,7 @@ mod tests {
         let names = vec!["sched,small".to_string(), "small".to_string()];
         assert_eq!(parse_cases(&names).unwrap(), vec![Case::Small, Case::Sched]);
         assert!(parse_cases(&["bogus".to_string()]).is_err());
-        assert_eq!(parse_cases(&[]).unwrap().len(), 7);
+        assert_eq!(parse_cases(&[]).unwrap().len(), 8);
     }
 
     #[test]
@@ -403,5 +464,10 @@ mod tests {
         assert!(Cli::try_parse_from(["taskd-bench", "--rounds", "0"]).is_err());
         let cli = Cli::try_parse_from(["taskd-bench", "load", "--udp", "--pipeline", "4"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Load(ref a)) if a.udp && a.pipeline == 4));
+        let cli = Cli::try_parse_from(["taskd-bench", "load", "--http"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Load(ref a)) if a.http && !a.udp));
+        assert!(Cli::try_parse_from(["taskd-bench", "load", "--http", "--udp"]).is_err());
+        let cli = Cli::try_parse_from(["taskd-bench", "--profile", "--case", "http"]).unwrap();
+        assert!(cli.profile);
     }
 }

@@ -44,6 +44,7 @@ struct CaseTally {
     invalid: u64,
     missing: u64,
     first_error: Option<String>,
+    skipped: Option<String>,
 }
 
 pub struct Results {
@@ -53,7 +54,7 @@ pub struct Results {
 }
 
 /// `1234567.8` as `1,234,568`.
-fn grouped(v: f64) -> String {
+pub(crate) fn grouped(v: f64) -> String {
     if !v.is_finite() {
         return format!("{v}");
     }
@@ -94,6 +95,9 @@ impl Results {
         match r {
             Ok(out) => {
                 tally.ok_rounds += 1;
+                if tally.skipped.is_none() {
+                    tally.skipped = out.skipped;
+                }
                 tally.invalid += out.invalid;
                 tally.missing += out.missing;
                 if tally.first_error.is_none() {
@@ -198,6 +202,11 @@ impl Results {
                 );
             }
         }
+        for (case, t) in &self.cases {
+            if let Some(why) = &t.skipped {
+                let _ = writeln!(o, "\n{}: skipped: {why}", case.name());
+            }
+        }
         if notes.is_empty() {
             let _ = writeln!(o, "\nerrors: none (every reply validated)");
         } else {
@@ -210,6 +219,28 @@ impl Results {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skipped_cases_are_said_so_under_the_table() {
+        let ctx = Ctx {
+            taskd_bin: "taskd".into(),
+            pin: false,
+            all_cpus: vec![0],
+            server_cpu: 0,
+            warmup: std::time::Duration::ZERO,
+            duration: std::time::Duration::ZERO,
+            slices: 1,
+            quick: true,
+            sum_line: None,
+        };
+        let mut r = Results::new(&[Case::Http]);
+        r.add(Case::Http, Ok(crate::cases::CaseOut::skipped("nginx not found")));
+        let machine = Machine::detect();
+        let t = r.table(&machine, &ctx, 1);
+        assert!(t.contains("\nhttp: skipped: nginx not found\n"), "{t}");
+        assert!(!t.contains("| http |"));
+        assert!(r.clean());
+    }
 
     #[test]
     fn thousands_are_grouped() {

@@ -1,6 +1,7 @@
 //! Starting and stopping the servers under test: taskd with a temporary
-//! configuration, or this program's own baseline loop, each on a free
-//! loopback port, optionally under `taskset`. A `ServerProc` kills its
+//! configuration, this program's own baseline loop, or nginx (`nginx.rs`),
+//! each on a free loopback port, optionally under `taskset` (and a wrapper
+//! such as valgrind). A `ServerProc` kills its
 //! process when dropped, so no server outlives the benchmark, even on an
 //! error or a panic.
 
@@ -8,12 +9,14 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 /// How long a server may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// The same under a wrapper such as valgrind, which starts programs slowly.
+const WRAPPED_START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A folder under the system temp dir, removed with everything in it on drop.
 pub struct TempDir {
@@ -51,6 +54,11 @@ pub enum Subject<'a> {
     Taskd { bin: &'a Path },
     /// `taskd-bench serve`: the bare mio loop, answering `reply` to every line.
     Baseline { reply: &'a str },
+    /// taskd as `Taskd`, with one HTTP listener on the free port instead.
+    TaskdHttp { bin: &'a Path },
+    /// nginx with its own configuration, prefix and logs in the server's
+    /// temp dir, in the foreground and as one process (see `nginx.rs`).
+    Nginx { bin: &'a Path },
 }
 
 /// A running server; killed on drop.
@@ -59,12 +67,23 @@ pub struct ServerProc {
     pub name: &'static str,
     pub addr: SocketAddr,
     dir: TempDir,
+    start_timeout: Duration,
 }
 
 impl ServerProc {
     /// Starts `subject`, under `taskset -c cpus` when given, and waits until
     /// it accepts TCP connections.
     pub fn start(subject: &Subject, cpus: Option<&str>) -> io::Result<ServerProc> {
+        ServerProc::start_wrapped(subject, cpus, &[])
+    }
+
+    /// `start`, with the server's command line prefixed by `wrapper` (for
+    /// example `valgrind --tool=callgrind ...`), inside `taskset` if pinned.
+    pub fn start_wrapped(
+        subject: &Subject,
+        cpus: Option<&str>,
+        wrapper: &[String],
+    ) -> io::Result<ServerProc> {
         let dir = TempDir::new("server")?;
         let port = testkit::free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -84,6 +103,25 @@ impl ServerProc {
                     "taskd",
                 )
             }
+            Subject::TaskdHttp { bin } => {
+                let conf = dir.path().join("taskd.toml");
+                let mut f = File::create(&conf)?;
+                write!(
+                    f,
+                    "# written by taskd-bench: the defaults, HTTP on a free loopback port\n\
+                     [[listener]]\nproto = \"http\"\naddress = \"{addr}\"\n"
+                )?;
+                (
+                    bin.to_path_buf(),
+                    vec!["--config".into(), conf.display().to_string()],
+                    "taskd",
+                )
+            }
+            Subject::Nginx { bin } => (
+                bin.to_path_buf(),
+                crate::nginx::prepare(bin, dir.path(), addr)?,
+                "nginx",
+            ),
             Subject::Baseline { reply } => (
                 std::env::current_exe()?,
                 vec![
@@ -96,13 +134,19 @@ impl ServerProc {
                 "baseline",
             ),
         };
+        let mut argv: Vec<std::ffi::OsString> = wrapper.iter().map(Into::into).collect();
+        argv.push(program.clone().into());
         let mut cmd = match cpus {
             Some(cpus) => {
                 let mut c = Command::new("taskset");
-                c.arg("-c").arg(cpus).arg(&program);
+                c.arg("-c").arg(cpus).args(&argv);
                 c
             }
-            None => Command::new(&program),
+            None => {
+                let mut c = Command::new(&argv[0]);
+                c.args(&argv[1..]);
+                c
+            }
         };
         let stderr = File::create(dir.path().join("stderr.log"))?;
         cmd.args(&args)
@@ -131,13 +175,18 @@ impl ServerProc {
             name,
             addr,
             dir,
+            start_timeout: if wrapper.is_empty() {
+                START_TIMEOUT
+            } else {
+                WRAPPED_START_TIMEOUT
+            },
         };
         server.wait_listening()?;
         Ok(server)
     }
 
     fn wait_listening(&mut self) -> io::Result<()> {
-        let deadline = Instant::now() + START_TIMEOUT;
+        let deadline = Instant::now() + self.start_timeout;
         loop {
             if let Some(status) = self.child.try_wait()? {
                 return Err(io::Error::other(format!(
@@ -151,9 +200,10 @@ impl ServerProc {
             }
             if Instant::now() >= deadline {
                 return Err(io::Error::other(format!(
-                    "{} did not listen on {} within {START_TIMEOUT:?}: {}",
+                    "{} did not listen on {} within {:?}: {}",
                     self.name,
                     self.addr,
+                    self.start_timeout,
                     self.stderr_tail()
                 )));
             }
@@ -189,6 +239,35 @@ impl ServerProc {
             "(no stderr output)".into()
         } else {
             tail
+        }
+    }
+
+    /// Sends SIGTERM and waits at most `timeout` for the server to exit
+    /// (killing it then); returns how it exited.
+    pub fn terminate(&mut self, timeout: Duration) -> io::Result<ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status);
+        }
+        let pid = libc::pid_t::try_from(self.pid()).map_err(io::Error::other)?;
+        // SAFETY: kill(2) on our own child, which has not been reaped yet.
+        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return Err(io::Error::other(format!(
+                    "{} did not exit within {timeout:?} of SIGTERM: {}",
+                    self.name,
+                    self.stderr_tail()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
