@@ -5,9 +5,11 @@
 //! ([`count_values`]), and a worker then parses it; both go through here. Counting classifies
 //! 64 bytes at a time into a bit mask of separators and counts where values start. Parsing
 //! ([`fast_ints`]) uses the same masks to find every value of a block at once and reads plain
-//! integers (and, in lists of doubles, short decimals) without a branch per digit; anything
-//! else (an exponent, a long double, a bracket, a second comma, a malformed value, the last
-//! bytes of the line) is left to the general scanner in `parse.rs`, which defines the grammar
+//! integers without a branch per digit, and in lists of doubles every value of up to 19
+//! significant digits and a 3-digit exponent ([`fast_double`]: Clinger's exact fast path, else
+//! fast-float2's Eisel-Lemire); anything else (a longer value, a bracket, a second comma, a
+//! malformed or infinite value, the last bytes of the line) is left to the general scanner
+//! in `parse.rs`, which defines the grammar
 //! and the error messages. The two must agree on every input, which `reference.rs` checks
 //! against a parser written the obvious way.
 //!
@@ -409,41 +411,158 @@ pub(super) const EXACT_POW10: [f64; 23] = [
     1e19, 1e20, 1e21, 1e22,
 ];
 
-/// A short decimal: up to 7 digits, '.', up to 7 digits (at least one digit in all), with
-/// or without a sign, followed by a separator. The digits make an integer below 10^14, an
-/// exact double, and dividing it by the exact power of ten rounds once, correctly (Clinger's
-/// fast path): the same double as the general scanner's, which does the same.
+/// Bytes a double's token may take in the fast path: a sign, 16 + 16 digits around a '.',
+/// an exponent of up to 3 digits with its sign, and the byte after them fit.
+const TOKEN: usize = 64;
+
+/// The 8 bytes at `at` (at most 39 here) of a token window.
 #[inline(always)]
-fn fast_decimal(w: &[u8; WINDOW]) -> Option<(f64, usize)> {
+fn token_word(w: &[u8; TOKEN], at: usize) -> u64 {
+    let bytes: &[u8; 8] = w[at..].first_chunk().expect("inside the token window");
+    u64::from_le_bytes(*bytes)
+}
+
+/// The run of up to 16 digits at `at`: its value and its length; `None` for 17 or more.
+#[inline(always)]
+fn digits16(w: &[u8; TOKEN], at: usize) -> Option<(u64, usize)> {
+    let x = token_word(w, at) ^ ZEROS;
+    let n = digit_run(x) as usize;
+    if n < 8 {
+        return Some((leading_digits(x, n), n));
+    }
+    let x2 = token_word(w, at + 8) ^ ZEROS;
+    let n2 = digit_run(x2) as usize;
+    if n2 == 8 {
+        return None;
+    }
+    Some((eight_digits(x) * POW10[n2] + leading_digits(x2, n2), 8 + n2))
+}
+
+/// The value of the first `n` (0..=8) digits of a word XORed with b'0'.
+#[inline(always)]
+fn first_digits(x: u64, n: usize) -> u64 {
+    // n = 0 would shift by 64: then there are no digits, and the value is 0.
+    eight_digits(x.checked_shl(8 * (8 - n as u32)).unwrap_or(0))
+}
+
+/// The significant digits of a double's token from `at` (after the sign): digits, maybe a
+/// '.' and more digits. Returns the digits as one integer, the counts of digits before and
+/// after the '.', whether there was a '.', and where the digits end; `None` for more than 19
+/// digits, or more than 16 on either side.
+#[inline(always)]
+fn mantissa(w: &[u8; TOKEN], at: usize) -> Option<(u64, usize, usize, bool, usize)> {
+    let x = token_word(w, at) ^ ZEROS;
+    let int_digits = digit_run(x) as usize;
+    if int_digits < 8 {
+        let dot = at + int_digits;
+        if w[dot] != b'.' {
+            return Some((first_digits(x, int_digits), int_digits, 0, false, dot));
+        }
+        let y = token_word(w, dot + 1) ^ ZEROS;
+        let frac_digits = digit_run(y) as usize;
+        if int_digits + frac_digits <= 8 {
+            // The common short decimal: the fraction's digits moved down against the
+            // integer's make one word of digits, read at once.
+            let low = (1u64 << (8 * int_digits)) - 1;
+            let joined = (x & low) | (y << (8 * int_digits));
+            let m = first_digits(joined, int_digits + frac_digits);
+            return Some((m, int_digits, frac_digits, true, dot + 1 + frac_digits));
+        }
+    }
+    // Longer digit runs, a word or two each.
+    let (int, int_digits) = digits16(w, at)?;
+    let dot = at + int_digits;
+    if w[dot] != b'.' {
+        return (int_digits <= 19).then_some((int, int_digits, 0, false, dot));
+    }
+    let (frac, frac_digits) = digits16(w, dot + 1)?;
+    if int_digits + frac_digits > 19 {
+        return None;
+    }
+    // Below 10^19 < 2^64.
+    let m = int * POW10_16[frac_digits] + frac;
+    Some((m, int_digits, frac_digits, true, dot + 1 + frac_digits))
+}
+
+/// A value of a list of doubles: `[sign] digits [. digits] [e|E [sign] digits]` with at
+/// most 19 significant digits in all (16 on either side of the '.') and an exponent of at
+/// most 3 digits, followed by a separator, and finite. `w` starts at the token's first byte.
+/// Returns the double and the length of the token; `None` for anything else, which the
+/// general scanner takes (with the same results, and the error messages).
+///
+/// The digits are read a word at a time. When they make an exact double (<= 2^53) and the
+/// power of ten is exact too (|e| <= 22), one IEEE multiplication or division rounds the
+/// exact decimal value correctly (Clinger's fast path); the rest of the valid tokens go to
+/// fast-float2, an Eisel-Lemire parser, correctly rounded like std's `str::parse` (which is
+/// the same algorithm). An integer token (no '.', no exponent) is converted as the general
+/// scanner converts integers in a list of doubles: `-0` is 0, not -0.
+#[inline(always)]
+pub(super) fn fast_double(w: &[u8; TOKEN]) -> Option<(f64, usize)> {
     let c0 = w[0];
     let neg = c0 == b'-';
     let start = usize::from(neg | (c0 == b'+'));
-    let x = window_word(w, start) ^ ZEROS;
-    let digits = digit_run(x) as usize;
-    if digits == 8 || w[start + digits] != b'.' {
+    let (mantissa, int_digits, frac_digits, dot, mut i) = mantissa(w, start)?;
+    if int_digits + frac_digits == 0 {
         return None;
     }
-    let frac_at = start + digits + 1;
-    let y = window_word(w, frac_at) ^ ZEROS;
-    let frac_digits = digit_run(y) as usize;
-    if frac_digits == 8 || digits + frac_digits == 0 {
+    let mut exp = 0i64;
+    let has_exp = w[i] | 0x20 == b'e';
+    if has_exp {
+        let exp_neg = w[i + 1] == b'-';
+        i += 1 + usize::from(exp_neg | (w[i + 1] == b'+'));
+        // One to three digits, byte by byte: exponents are short.
+        let mut e = 0i64;
+        let mut n = 0;
+        while n < 4 {
+            let d = w[i].wrapping_sub(b'0');
+            if d > 9 {
+                break;
+            }
+            e = e * 10 + i64::from(d);
+            i += 1;
+            n += 1;
+        }
+        if n == 0 || n > 3 {
+            return None;
+        }
+        exp = if exp_neg { -e } else { e };
+    }
+    if !SEPARATOR[usize::from(w[i])] {
         return None;
     }
-    let end = frac_at + frac_digits;
-    if !SEPARATOR[usize::from(w[end & (WINDOW - 1)])] {
-        return None;
+    if !dot && !has_exp {
+        // At most 19 digits but maybe beyond i64: those are the general scanner's.
+        let v = i64::try_from(mantissa).ok()?;
+        return Some((if neg { -v } else { v } as f64, i));
     }
-    let m = if digits + 1 + frac_digits <= 8 {
-        // All in the first word: drop the '.' byte and read the digits as one number.
-        let low = (1u64 << (8 * digits)) - 1;
-        leading_digits((x & low) | ((x >> 8) & !low), digits + frac_digits)
+    let e = exp - frac_digits as i64;
+    let v = if mantissa <= 1 << 53 && (-22..=22).contains(&e) {
+        let m = mantissa as i64 as f64;
+        let v = if e >= 0 {
+            m * EXACT_POW10[e as usize]
+        } else {
+            m / EXACT_POW10[(-e) as usize]
+        };
+        if neg { -v } else { v }
     } else {
-        leading_digits(x, digits) * POW10[frac_digits] + leading_digits(y, frac_digits)
+        // The token's bytes are ASCII of the grammar above, which fast-float2 reads the same
+        // way; it only fails on text this function has already refused.
+        fast_float2::parse::<f64, _>(&w[..i]).ok()?
     };
-    // Below 10^14, so exact as a double either way; the signed conversion is one instruction.
-    let v = (m as i64) as f64 / EXACT_POW10[frac_digits];
-    Some((if neg { -v } else { v }, end))
+    // An infinite value is a `range` error, which the general scanner reports.
+    v.is_finite().then_some((v, i))
 }
+
+/// 10^0 to 10^16.
+const POW10_16: [u64; 17] = {
+    let mut t = [1u64; 17];
+    let mut k = 1;
+    while k < 17 {
+        t[k] = t[k - 1] * 10;
+        k += 1;
+    }
+    t
+};
 
 /// An element type of `Values`, so that one loop serves both.
 pub(super) trait Element: Copy {
@@ -451,7 +570,7 @@ pub(super) trait Element: Copy {
     /// Four values below 10^8.
     fn write4(dst: &mut [MaybeUninit<Self>; 4], v: [u64; 4]);
     /// A token the fast paths take, and the length of its text.
-    fn fast_token(w: &[u8; WINDOW]) -> Option<(Self, usize)>;
+    fn fast_token(w: &[u8; TOKEN]) -> Option<(Self, usize)>;
 }
 
 impl Element for i64 {
@@ -470,8 +589,8 @@ impl Element for i64 {
     /// Integers only: a double would turn the list into doubles, which is the general
     /// scanner's business.
     #[inline(always)]
-    fn fast_token(w: &[u8; WINDOW]) -> Option<(Self, usize)> {
-        fast_int(w)
+    fn fast_token(w: &[u8; TOKEN]) -> Option<(Self, usize)> {
+        fast_int(w.first_chunk().expect("WINDOW < TOKEN"))
     }
 }
 
@@ -490,11 +609,8 @@ impl Element for f64 {
     }
 
     #[inline(always)]
-    fn fast_token(w: &[u8; WINDOW]) -> Option<(Self, usize)> {
-        match fast_int(w) {
-            Some((v, len)) => Some((v as f64, len)),
-            None => fast_decimal(w),
-        }
+    fn fast_token(w: &[u8; TOKEN]) -> Option<(Self, usize)> {
+        fast_double(w)
     }
 }
 
@@ -503,8 +619,8 @@ impl Element for f64 {
 pub(super) const SLACK: usize = 32;
 
 /// Bytes a block's loop reads: the block and the next one (a value may run into it, and the
-/// next block is classified one step ahead). Every WINDOW from a start in the block ends
-/// within them.
+/// next block is classified one step ahead). Every WINDOW and TOKEN from a start in the block
+/// ends within them.
 const SPAN: usize = 128;
 
 /// The body of [`fast_ints`], expanded once per classification function so that each copy is
@@ -649,7 +765,7 @@ macro_rules! fast_ints_body {
                 while starts != 0 {
                     let at = (starts.trailing_zeros() & 63) as usize;
                     starts &= starts - 1;
-                    let w: &[u8; WINDOW] = span[at..].first_chunk().expect("inside the span");
+                    let w: &[u8; TOKEN] = span[at..].first_chunk().expect("inside the span");
                     let Some((v, len)) = Element::fast_token(w) else {
                         stop = true;
                         break;
@@ -685,7 +801,7 @@ pub(super) fn fast_ints<T: Element>(b: &[u8], i: usize, values: &mut Vec<T>, isa
     // The first value decides whether the loop is worth setting up: lists of doubles, or
     // the last bytes of a line, pay no more than this.
     match b.get(i..).and_then(<[u8]>::first_chunk::<SPAN>) {
-        Some(span) if T::fast_token(span.first_chunk().expect("WINDOW bytes")).is_some() => {}
+        Some(span) if T::fast_token(span.first_chunk().expect("TOKEN bytes")).is_some() => {}
         _ => return i,
     }
     match isa {
