@@ -261,3 +261,42 @@ fn callgrind_parse() {
     println!("{} bytes", line.len());
     black_box(parse_text_list(black_box(&line)).ok());
 }
+
+/// The stages of a big `stats` request: parsing, then each field (median by selection).
+#[test]
+#[ignore = "benchmark"]
+fn bench_stats_stages() {
+    let (line, _) = sum_line();
+    let values = parse_text_list(&line).expect("parses");
+    let reps = 21;
+    let t = median_secs(reps, || {
+        black_box(parse_text_list(black_box(&line)).ok());
+    });
+    report("parse_text_list", line.len(), t);
+    for (name, f) in [
+        (
+            "min",
+            crate::ops::list::min as fn(&Values) -> Result<crate::numbers::Num, String>,
+        ),
+        ("max", crate::ops::list::max),
+        ("mean", crate::ops::list::mean),
+        ("median", crate::ops::list::median),
+    ] {
+        let t = median_secs(reps, || {
+            black_box(f(black_box(&values)).ok());
+        });
+        report(name, line.len(), t);
+    }
+    let t = median_secs(reps, || {
+        black_box(crate::ops::list::stats(black_box(&values)).ok());
+    });
+    report("stats (all fields)", line.len(), t);
+    let floats = Values::Floats(match &values {
+        Values::Ints(v) => v.iter().map(|&x| x as f64 / 7.0).collect(),
+        Values::Floats(v) => v.clone(),
+    });
+    let t = median_secs(reps, || {
+        black_box(crate::ops::list::median(black_box(&floats)).ok());
+    });
+    report("median of doubles", line.len(), t);
+}
