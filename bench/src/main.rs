@@ -49,7 +49,8 @@ struct Cli {
     #[arg(long)]
     quick: bool,
     /// Run only these cases (repeatable, or comma-separated): small,
-    /// pipelined, udp, sum, pi, idle, sched (or 1 to 7).
+    /// pipelined, udp, sum, pi, idle, sched, parse, floats, stats, kernels
+    /// (or 1 to 11).
     #[arg(long = "case", value_name = "NAME")]
     cases: Vec<String>,
     /// The taskd binary [default: target/release/taskd of the workspace].
@@ -285,8 +286,7 @@ fn run_suite(cli: Cli) -> Result<bool, String> {
     } else {
         Duration::from_millis(500)
     };
-    let sum_line = selected
-        .contains(&Case::Sum)
+    let sum_line = (selected.contains(&Case::Sum) || selected.contains(&Case::Stats))
         .then(|| inproc::value_line(cases::SUM_VALUES, cases::SUM_BOUND, 2024));
     let ctx = Ctx {
         taskd_bin,
@@ -391,7 +391,7 @@ mod tests {
         let names = vec!["sched,small".to_string(), "small".to_string()];
         assert_eq!(parse_cases(&names).unwrap(), vec![Case::Small, Case::Sched]);
         assert!(parse_cases(&["bogus".to_string()]).is_err());
-        assert_eq!(parse_cases(&[]).unwrap().len(), 7);
+        assert_eq!(parse_cases(&[]).unwrap().len(), 11);
     }
 
     #[test]
