@@ -252,3 +252,22 @@ fn lanes_are_uncorrelated() {
         );
     }
 }
+
+/// One run of 10^7 samples on the kernel named by `TASKD_PI_KERNEL` (scalar, avx2 or
+/// avx512; the detected one without it), for callgrind's instructions per sample:
+///
+/// ```sh
+/// TASKD_PI_KERNEL=avx512 valgrind --tool=callgrind --toggle-collect='*run_on*' \
+///     target/release/deps/taskd-HASH ops::pi::tests::callgrind_pi --ignored --exact --nocapture
+/// ```
+#[test]
+#[ignore = "callgrind"]
+fn callgrind_pi() {
+    let kernel = std::env::var("TASKD_PI_KERNEL")
+        .ok()
+        .and_then(|name| Kernel::available().into_iter().find(|k| k.name() == name))
+        .unwrap_or_else(Kernel::detect);
+    let samples = 10_000_000;
+    let hits = std::hint::black_box(PiStream::new(1)).run_on(kernel, samples);
+    println!("{} samples on {kernel:?}: {hits} hits", samples);
+}
