@@ -14,7 +14,9 @@
 //! against a parser written the obvious way.
 //!
 //! Instruction sets: SSE2 (part of every x86_64), AVX2 with BMI1/BMI2/POPCNT when the CPU has
-//! them (checked at run time, [`Isa::detect`]), and plain Rust on other architectures.
+//! them, AVX-512 (F, BW, DQ, VBMI, VBMI2) on top of those, which also converts a block of
+//! short integers whole (checked at run time, [`Isa::detect`]), and plain Rust on other
+//! architectures.
 
 use std::mem::MaybeUninit;
 
@@ -41,7 +43,8 @@ const SEPARATOR: [bool; 256] = {
 };
 
 /// Which code to run. Invariant: `Avx2` only exists when the CPU has AVX2, BMI1, BMI2 and
-/// POPCNT (only [`Isa::detect`] makes it, and [`Isa::available`] when `detect` did).
+/// POPCNT, and `Avx512` when it also has AVX-512 F, BW, DQ, VBMI and VBMI2 (only
+/// [`Isa::detect`] makes them, and [`Isa::available`] when `detect` did).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Isa {
     /// Plain Rust: other architectures, and the tests everywhere.
@@ -51,6 +54,8 @@ pub(super) enum Isa {
     Sse2,
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
 }
 
 impl Isa {
@@ -64,6 +69,14 @@ impl Isa {
                 && std::is_x86_feature_detected!("bmi2")
                 && std::is_x86_feature_detected!("popcnt")
             {
+                if std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512bw")
+                    && std::is_x86_feature_detected!("avx512dq")
+                    && std::is_x86_feature_detected!("avx512vbmi")
+                    && std::is_x86_feature_detected!("avx512vbmi2")
+                {
+                    return Isa::Avx512;
+                }
                 return Isa::Avx2;
             }
             Isa::Sse2
@@ -78,8 +91,10 @@ impl Isa {
         #[cfg(target_arch = "x86_64")]
         {
             let mut all = vec![Isa::Portable, Isa::Sse2];
-            if Isa::detect() == Isa::Avx2 {
-                all.push(Isa::Avx2);
+            match Isa::detect() {
+                Isa::Avx512 => all.extend([Isa::Avx2, Isa::Avx512]),
+                Isa::Avx2 => all.push(Isa::Avx2),
+                _ => {}
             }
             all
         }
@@ -218,6 +233,34 @@ fn classify_avx2(block: &[u8; 64]) -> Classes {
     }
 }
 
+/// 64 bytes at once, each class straight into a mask register.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn classify_avx512(block: &[u8; 64]) -> Classes {
+    use std::arch::x86_64::{
+        __m512i, _mm512_cmpeq_epi8_mask, _mm512_cmple_epu8_mask, _mm512_loadu_si512, _mm512_set1_epi8,
+        _mm512_sub_epi8,
+    };
+    // SAFETY: the block is 64 bytes, and loadu has no alignment requirement.
+    let v = unsafe { _mm512_loadu_si512(block.as_ptr().cast::<__m512i>()) };
+    // A macro, not a closure, so that the compares are compiled with this function's features.
+    macro_rules! eq {
+        ($c:expr) => {
+            _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8($c as i8))
+        };
+    }
+    Classes {
+        blank: eq!(b' ') | eq!(b'\t'),
+        comma: eq!(b','),
+        bracket: eq!(b'[') | eq!(b']'),
+        // A digit is a byte at most 9 above '0', unsigned.
+        digit: _mm512_cmple_epu8_mask(
+            _mm512_sub_epi8(v, _mm512_set1_epi8(b'0' as i8)),
+            _mm512_set1_epi8(9),
+        ),
+    }
+}
+
 /// The counting loop: a value starts at every non-separator whose predecessor is a separator
 /// (or the line start), so each block adds the population count of `!sep & (sep << 1 |
 /// carry)`, the carry being whether the previous block ended in a separator. The last partial
@@ -254,7 +297,18 @@ pub(super) fn count_values(args: &[u8], isa: Isa) -> usize {
         // SAFETY: `Isa::Avx2` exists only on CPUs with the features (its invariant).
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { count_avx2(args) },
+        // SAFETY: as for Avx2.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { count_avx512(args) },
     }
+}
+
+/// # Safety
+/// The CPU must support AVX-512 F and BW, and POPCNT.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,popcnt")]
+unsafe fn count_avx512(args: &[u8]) -> usize {
+    count_body!(classify_avx512, args)
 }
 
 /// # Safety
@@ -604,7 +658,7 @@ const SPAN: usize = 128;
 /// bracket, or a comma after a comma with only blanks between, the loop stops and leaves the
 /// rest to the general scanner (and its error messages).
 macro_rules! fast_ints_body {
-    ($classify:expr, $convert4:expr, $b:expr, $i:expr, $values:expr) => {{
+    ($classify:expr, $convert4:expr, $plain:expr, $b:expr, $i:expr, $values:expr) => {{
         let (b, i, values): (&[u8], usize, &mut Vec<_>) = ($b, $i, $values);
         let mut taken_end = i;
         let len0 = values.len();
@@ -660,6 +714,12 @@ macro_rules! fast_ints_body {
                     ends &= (2u64 << bad.trailing_zeros()).wrapping_sub(1);
                 }
                 'plain: {
+                    // The whole block at once, where the instruction set has a way.
+                    if !stop && let Some((n, end)) = $plain(span, starts, ends, crossing_end, &mut *out) {
+                        j = n;
+                        last = end;
+                        break 'plain;
+                    }
                     // Four at a time: positions and words are found one by one, but the digits
                     // are read by one call, which works on all four at once where it can.
                     let mut groups = ends.count_ones() / 4;
@@ -779,20 +839,161 @@ pub(super) fn fast_ints<T: Element>(b: &[u8], i: usize, values: &mut Vec<T>, isa
         // SAFETY: `Isa::Avx2` exists only on CPUs with the features (its invariant).
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { fast_ints_avx2(b, i, values) },
+        // SAFETY: as for Avx2.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { fast_ints_avx512(b, i, values) },
     }
+}
+
+/// The plain block of [`fast_ints_body`] for instruction sets without a whole-block way.
+#[inline(always)]
+fn no_plain_block<T>(
+    _: &[u8; SPAN],
+    _: u64,
+    _: u64,
+    _: usize,
+    _: &mut [MaybeUninit<T>; 32],
+) -> Option<(usize, usize)> {
+    None
+}
+
+/// A plain block (values of digits only, no bad separator) whole: every value's first and
+/// end byte from the masks at once (`vpcompressb` of the byte offsets), then 8 values per
+/// register: each value's 8 bytes up to its end gathered from the block and the next with
+/// one `vpermi2b`, the bytes before its start masked to zero (leading zeros), and the digits
+/// reduced as in [`eight_digits_x4_avx2`]. `None` when a value has more than 8 digits
+/// (the caller then reads the block its usual way). Returns the values written to `out` and
+/// the end of the last one.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vbmi,avx512vbmi2,popcnt,bmi1")]
+fn plain_block_avx512<T: Element>(
+    span: &[u8; SPAN],
+    starts: u64,
+    ends: u64,
+    crossing_end: usize,
+    out: &mut [MaybeUninit<T>; 32],
+) -> Option<(usize, usize)> {
+    use std::arch::x86_64::{
+        __m128i, __m512i, _mm_loadl_epi64, _mm512_add_epi8, _mm512_add_epi64, _mm512_and_si512,
+        _mm512_cvtepu8_epi64, _mm512_loadu_si512, _mm512_madd_epi16, _mm512_maddubs_epi16,
+        _mm512_mask_cmpgt_epu64_mask, _mm512_mask_set1_epi8, _mm512_maskz_compress_epi8, _mm512_mul_epu32,
+        _mm512_permutex2var_epi8, _mm512_set_epi8, _mm512_set1_epi8, _mm512_set1_epi16, _mm512_set1_epi32,
+        _mm512_set1_epi64, _mm512_shuffle_epi8, _mm512_slli_epi64, _mm512_sllv_epi64, _mm512_srli_epi64,
+        _mm512_storeu_si512, _mm512_sub_epi8, _mm512_sub_epi64,
+    };
+    let n = starts.count_ones() as usize;
+    if n == 0 {
+        return Some((0, 0));
+    }
+    let n_ends = ends.count_ones() as usize;
+    // Each start has its end in the block, but the last one's may be in the next block.
+    let crossing = n_ends < n;
+    // Byte offsets 0..63.
+    #[rustfmt::skip]
+    let iota = _mm512_set_epi8(
+        63, 62, 61, 60, 59, 58, 57, 56, 55, 54, 53, 52, 51, 50, 49, 48,
+        47, 46, 45, 44, 43, 42, 41, 40, 39, 38, 37, 36, 35, 34, 33, 32,
+        31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16,
+        15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0,
+    );
+    let first = _mm512_maskz_compress_epi8(starts, iota);
+    let mut end = _mm512_maskz_compress_epi8(ends, iota);
+    if crossing {
+        // The crossing value ends at most at 128, which the length check below refuses
+        // (as a byte, 128 reads as 0 in the gather, but that value is never written).
+        end = _mm512_mask_set1_epi8(end, 1u64 << n_ends, crossing_end as u8 as i8);
+    }
+    let mut firsts = [0u8; 64];
+    let mut ends_at = [0u8; 64];
+    // SAFETY: both arrays are 64 bytes, and storeu has no alignment requirement.
+    unsafe {
+        _mm512_storeu_si512(firsts.as_mut_ptr().cast::<__m512i>(), first);
+        _mm512_storeu_si512(ends_at.as_mut_ptr().cast::<__m512i>(), end);
+    }
+    // SAFETY: the span is 128 bytes, two registers' worth; loadu has no alignment requirement.
+    let (lo, hi) = unsafe {
+        let p = span.as_ptr().cast::<__m512i>();
+        (_mm512_loadu_si512(p), _mm512_loadu_si512(p.add(1)))
+    };
+    // Per 8-byte lane: its first byte repeated (to broadcast a lane's end to its bytes), and
+    // the offsets -8..-1 of the bytes before the end.
+    #[rustfmt::skip]
+    let lane_byte0 = _mm512_set_epi8(
+        8, 8, 8, 8, 8, 8, 8, 8, 0, 0, 0, 0, 0, 0, 0, 0,
+        8, 8, 8, 8, 8, 8, 8, 8, 0, 0, 0, 0, 0, 0, 0, 0,
+        8, 8, 8, 8, 8, 8, 8, 8, 0, 0, 0, 0, 0, 0, 0, 0,
+        8, 8, 8, 8, 8, 8, 8, 8, 0, 0, 0, 0, 0, 0, 0, 0,
+    );
+    #[rustfmt::skip]
+    let before_end = _mm512_set_epi8(
+        -1, -2, -3, -4, -5, -6, -7, -8, -1, -2, -3, -4, -5, -6, -7, -8,
+        -1, -2, -3, -4, -5, -6, -7, -8, -1, -2, -3, -4, -5, -6, -7, -8,
+        -1, -2, -3, -4, -5, -6, -7, -8, -1, -2, -3, -4, -5, -6, -7, -8,
+        -1, -2, -3, -4, -5, -6, -7, -8, -1, -2, -3, -4, -5, -6, -7, -8,
+    );
+    let eight = _mm512_set1_epi64(8);
+    let mut groups = [_mm512_set1_epi64(0); 4];
+    for (g, values) in groups.iter_mut().enumerate().take(n.div_ceil(8)) {
+        // SAFETY: 8 bytes at 8g <= 24 of 64-byte arrays.
+        let (f, e) = unsafe {
+            (
+                _mm512_cvtepu8_epi64(_mm_loadl_epi64(firsts[8 * g..].as_ptr().cast::<__m128i>())),
+                _mm512_cvtepu8_epi64(_mm_loadl_epi64(ends_at[8 * g..].as_ptr().cast::<__m128i>())),
+            )
+        };
+        let len = _mm512_sub_epi64(e, f);
+        let lanes = (n - 8 * g).min(8);
+        let live: u8 = if lanes == 8 { 0xFF } else { (1u8 << lanes) - 1 };
+        if _mm512_mask_cmpgt_epu64_mask(live, len, eight) != 0 {
+            return None;
+        }
+        // Lane byte j is the value's byte 8 - j before its end; bytes before its start are
+        // masked to zero, which reads as leading zeros.
+        let idx = _mm512_add_epi8(_mm512_shuffle_epi8(e, lane_byte0), before_end);
+        let bytes = _mm512_permutex2var_epi8(lo, idx, hi);
+        // The last `len` bytes of each lane: all ones shifted up by 8 (8 - len) bits.
+        let keep = _mm512_sllv_epi64(
+            _mm512_set1_epi64(-1),
+            _mm512_slli_epi64::<3>(_mm512_sub_epi64(eight, len)),
+        );
+        let digits = _mm512_and_si512(_mm512_sub_epi8(bytes, _mm512_set1_epi8(b'0' as i8)), keep);
+        // Bytes (10, 1), then words (100, 1): the lower address holds the higher digits.
+        let pairs = _mm512_maddubs_epi16(digits, _mm512_set1_epi16(0x010A));
+        let quads = _mm512_madd_epi16(pairs, _mm512_set1_epi32(0x0001_0064));
+        *values = _mm512_add_epi64(
+            _mm512_mul_epu32(quads, _mm512_set1_epi64(10_000)),
+            _mm512_srli_epi64::<32>(quads),
+        );
+    }
+    // Stored once all groups are known to fit (a group that does not returns above, before
+    // anything is written).
+    let mut vals = [0i64; 32];
+    for (g, v) in groups.iter().enumerate().take(n.div_ceil(8)) {
+        // SAFETY: 8 i64s at 8g <= 24 of 32.
+        unsafe { _mm512_storeu_si512(vals[8 * g..].as_mut_ptr().cast::<__m512i>(), *v) };
+    }
+    for (slot, &v) in out.iter_mut().zip(&vals).take(n) {
+        slot.write(T::from_int(v));
+    }
+    let last = if crossing {
+        crossing_end
+    } else {
+        63 - ends.leading_zeros() as usize
+    };
+    Some((n, last))
 }
 
 // Not inlined: on their own, the loops keep their state in registers.
 #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
 #[inline(never)]
 fn fast_ints_portable<T: Element>(b: &[u8], i: usize, values: &mut Vec<T>) -> usize {
-    fast_ints_body!(classify_portable, eight_digits_x4, b, i, values)
+    fast_ints_body!(classify_portable, eight_digits_x4, no_plain_block, b, i, values)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[inline(never)]
 fn fast_ints_sse2<T: Element>(b: &[u8], i: usize, values: &mut Vec<T>) -> usize {
-    fast_ints_body!(classify_sse2, eight_digits_x4, b, i, values)
+    fast_ints_body!(classify_sse2, eight_digits_x4, no_plain_block, b, i, values)
 }
 
 /// # Safety
@@ -801,5 +1002,21 @@ fn fast_ints_sse2<T: Element>(b: &[u8], i: usize, values: &mut Vec<T>) -> usize 
 #[inline(never)]
 #[target_feature(enable = "avx2,bmi1,bmi2,popcnt")]
 unsafe fn fast_ints_avx2<T: Element>(b: &[u8], i: usize, values: &mut Vec<T>) -> usize {
-    fast_ints_body!(classify_avx2, eight_digits_x4_avx2, b, i, values)
+    fast_ints_body!(classify_avx2, eight_digits_x4_avx2, no_plain_block, b, i, values)
+}
+
+/// # Safety
+/// The CPU must support what `Isa::Avx512` stands for.
+#[cfg(target_arch = "x86_64")]
+#[inline(never)]
+#[target_feature(enable = "avx2,bmi1,bmi2,popcnt,avx512f,avx512bw,avx512dq,avx512vbmi,avx512vbmi2")]
+unsafe fn fast_ints_avx512<T: Element>(b: &[u8], i: usize, values: &mut Vec<T>) -> usize {
+    fast_ints_body!(
+        classify_avx512,
+        eight_digits_x4_avx2,
+        plain_block_avx512,
+        b,
+        i,
+        values
+    )
 }
