@@ -85,6 +85,19 @@ impl Isa {
         Isa::Portable
     }
 
+    /// The variant for `len` bytes of text: AVX-512 only from [`AVX512_MIN_LEN`] on. Short
+    /// lines are most requests and gain nothing from it, and on some CPUs (Skylake-SP and
+    /// its kin) any 512-bit instruction lowers the core's clock for a while after, which
+    /// would slow every other request the event loop handles.
+    #[inline]
+    pub(super) fn for_len(self, len: usize) -> Isa {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 if len < AVX512_MIN_LEN => Isa::Avx2,
+            other => other,
+        }
+    }
+
     /// Every variant this CPU can run, for the tests.
     #[cfg(test)]
     pub(super) fn available() -> Vec<Isa> {
@@ -102,6 +115,9 @@ impl Isa {
         vec![Isa::Portable]
     }
 }
+
+/// Lines shorter than this are read without AVX-512 (see [`Isa::for_len`]).
+pub(super) const AVX512_MIN_LEN: usize = 4096;
 
 /// A 64-byte block as bit masks, bit k for byte k.
 #[derive(Clone, Copy)]

@@ -19,7 +19,7 @@ use crate::numbers::{ValueError, Values};
 /// Counts values of a list argument the way the event loop does BEFORE parsing: the number of
 /// maximal runs of bytes that are not space, tab, ',', '[' or ']'.
 pub fn count_text_values(args: &[u8]) -> usize {
-    count_values(args, Isa::detect())
+    count_values(args, Isa::detect().for_len(args.len()))
 }
 
 /// What a value token turned out to be.
@@ -353,7 +353,7 @@ fn expected_values(args: &[u8], isa: Isa) -> usize {
 /// square brackets around the whole list. All integers within i64 give [`Values::Ints`],
 /// anything else [`Values::Floats`]; zero values give an empty `Values::Ints`.
 pub fn parse_text_list(args: &[u8]) -> Result<Values, ValueError> {
-    parse_text_with(args, Isa::detect())
+    parse_text_with(args, Isa::detect().for_len(args.len()))
 }
 
 /// [`parse_text_list`] with the given instruction set, which the tests vary.
