@@ -18,6 +18,7 @@ use crate::numbers::{ValueError, Values};
 
 /// Counts values of a list argument the way the event loop does BEFORE parsing: the number of
 /// maximal runs of bytes that are not space, tab, ',', '[' or ']'.
+#[inline(never)]
 pub fn count_text_values(args: &[u8]) -> usize {
     count_values(args, Isa::detect().for_len(args.len()))
 }
@@ -352,6 +353,9 @@ fn expected_values(args: &[u8], isa: Isa) -> usize {
 /// spaces/tabs and/or a single comma with optional spaces around it, optionally one pair of
 /// square brackets around the whole list. All integers within i64 give [`Values::Ints`],
 /// anything else [`Values::Floats`]; zero values give an empty `Values::Ints`.
+// Not inlined: once per request, and callgrind's `--toggle-collect='*parse_text_list*'`
+// (numbers::bench) needs it to be a function of its own.
+#[inline(never)]
 pub fn parse_text_list(args: &[u8]) -> Result<Values, ValueError> {
     parse_text_with(args, Isa::detect().for_len(args.len()))
 }
