@@ -60,7 +60,7 @@ pub fn mean(v: &Values) -> Result<Num, String> {
     }
 }
 
-/// Found by selection (linear time, unlike a sort; see [`middle_keys`]). For an even count,
+/// Found by selection (linear time, unlike a sort; see `middle_keys`). For an even count,
 /// integers give their exact midpoint (`Num::Half` when it ends in .5), doubles `(a + b) / 2`.
 pub fn median(v: &Values) -> Result<Num, String> {
     match v {
