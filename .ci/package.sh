@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Packaging checks for taskd (SPEC section 8): the man pages, the .deb built
+# Packaging checks for taskd (README.md, "Install and run as a service";
+# taskd(8), SYSTEMD and FILES): the man pages, the .deb built
 # by cargo-deb, lintian, the systemd units, and an install / remove / purge
 # cycle on this machine. Runs as root on a Debian 12 CI box (no systemd as
 # PID 1 is needed: the maintainer scripts only start units where systemd
@@ -82,7 +83,7 @@ if [ "$(pkg_state)" != not-installed ]; then
     echo "Remove it first (dpkg --purge taskd) on a machine where that is fine." >&2
     exit 2
 fi
-for p in /etc/taskd /var/lib/taskd /var/lib/private/taskd /var/log/taskd /var/log/private/taskd; do
+for p in /etc/taskd /etc/default/taskd /var/lib/taskd /var/lib/private/taskd /var/log/taskd /var/log/private/taskd; do
     if [ -e "$p" ] || [ -L "$p" ]; then
         echo "$p exists although taskd is not installed; package.sh would delete it." >&2
         echo "Move it away first." >&2
@@ -128,7 +129,7 @@ done
 
 # ---------------------------------------------------------------------------
 step "packaged configuration"
-# /etc/taskd/taskd.toml must be the embedded default (SPEC section 4):
+# /etc/taskd/taskd.toml must be the embedded default (taskd.toml(5), FILES):
 # packaging/taskd.toml is a byte-for-byte copy of EMBEDDED_DEFAULT.
 awk '/pub const EMBEDDED_DEFAULT: &str = r#"/ { f = 1; sub(/.*r#"/, "") }
      f { if (/^"#;/) exit; print }' src/config/mod.rs >"$work/embedded.toml"
@@ -205,16 +206,25 @@ check "man pages document every key, operation, limit and error code of the code
 step "contents of $(basename "$deb")"
 dpkg-deb -c "$deb" | awk '{ print $6 }' | sed 's|^\./|/|' >"$work/contents"
 for f in /usr/bin/taskd /etc/taskd/taskd.toml /etc/taskd/servers.csv \
+    /etc/taskd/conf.d/README /etc/default/taskd \
     /usr/lib/systemd/system/taskd.service /usr/lib/systemd/system/taskd.socket \
     /usr/share/man/man8/taskd.8.gz /usr/share/man/man5/taskd.toml.5.gz \
+    /usr/share/bash-completion/completions/taskd /usr/share/zsh/vendor-completions/_taskd \
+    /usr/share/fish/vendor_completions.d/taskd.fish \
     /usr/share/doc/taskd/copyright /usr/share/doc/taskd/changelog.Debian.gz \
     /usr/share/lintian/overrides/taskd; do
     check "ships $f" grep -qx "$f" "$work/contents"
 done
 dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles >"$work/conffiles" 2>/dev/null || true
-check "conffiles are /etc/taskd/taskd.toml and /etc/taskd/servers.csv" \
-    diff <(sort "$work/conffiles") <(printf '/etc/taskd/servers.csv\n/etc/taskd/taskd.toml\n')
+check "conffiles: everything under /etc" \
+    diff <(sort "$work/conffiles") \
+    <(printf '%s\n' /etc/default/taskd /etc/taskd/conf.d/README /etc/taskd/servers.csv /etc/taskd/taskd.toml)
 check "Depends: names ssl-cert" bash -c 'dpkg-deb -f "$1" Depends | grep -qw ssl-cert' _ "$deb"
+check "packaging/default/taskd is shell syntax and sets TASKD_OPTS empty" \
+    bash -c 'sh -n packaging/default/taskd && [ -z "$(set -a; . ./packaging/default/taskd; printf %s "${TASKD_OPTS-unset}")" ]'
+check "the bash completion loads and completes taskd's options" \
+    bash -c '. packaging/completions/taskd.bash && complete -p taskd >/dev/null &&
+             COMP_WORDS=(taskd --che) COMP_CWORD=1 && _taskd taskd --che taskd && [ "${COMPREPLY[*]}" = --check-config ]'
 
 # ---------------------------------------------------------------------------
 step "lintian"
@@ -244,14 +254,17 @@ else
     fail "systemd-analyze security --offline=true: exposure $exposure > $MAX_EXPOSURE"
     printf '%s\n' "$security_out" | grep '✗' | sed 's/^/      /'
 fi
-# What SPEC section 8 rules out: nothing may limit which clients reach taskd.
+# What the unit must never do (taskd(8), SYSTEMD): limit which clients reach
+# taskd; access control is the listeners' allow lists.
 check "taskd.service has no IPAddressDeny=/IPAddressAllow=/PrivateNetwork=" \
     bash -c '! grep -n -E "^[[:space:]]*(IPAddressDeny|IPAddressAllow|PrivateNetwork|RestrictNetworkInterfaces|SocketBindDeny|SocketBindAllow)=" packaging/taskd.service'
 check "taskd.service: Type=notify, check before start and reload, watchdog, restarts" \
     bash -c 'u=packaging/taskd.service
-             for l in "Type=notify" "ExecStartPre=/usr/bin/taskd --check-config --quiet" "ExecStart=/usr/bin/taskd" \
-                      "ExecReload=/usr/bin/taskd --check-config --quiet" "WatchdogSec=30" "Restart=on-failure" \
-                      "RestartPreventExitStatus=1" "TimeoutStopSec=45" "LimitNOFILE=65536" "DynamicUser=yes" \
+             for l in "Type=notify" "EnvironmentFile=-/etc/default/taskd" \
+                      "ExecStartPre=/usr/bin/taskd \$TASKD_OPTS --check-config --quiet" "ExecStart=/usr/bin/taskd \$TASKD_OPTS" \
+                      "ExecReload=/usr/bin/taskd \$TASKD_OPTS --check-config --quiet" "WatchdogSec=30" "Restart=on-failure" \
+                      "RestartPreventExitStatus=1" "StartLimitIntervalSec=60" "StartLimitBurst=5" \
+                      "TimeoutStopSec=45" "LimitNOFILE=65536" "DynamicUser=yes" \
                       "StateDirectory=taskd" "LogsDirectory=taskd"; do
                  grep -qxF "$l" "$u" || { echo "missing: $l"; exit 1; }
              done
@@ -284,6 +297,10 @@ check "installed taskd.toml listens on tcp+udp 127.0.0.1:7700 and http 127.0.0.1
     diff <(printf '%s\n' "$listeners") <(printf '%s\n' "$EXPECTED_LISTENERS")
 check "taskd without --config reads /etc/taskd/taskd.toml" \
     bash -c "cd '$work/empty' && timeout $T_STEP /usr/bin/taskd --check-config | grep -qx '#   /etc/taskd/taskd.toml'"
+check "/etc/taskd/conf.d exists after installation, with its README" test -f /etc/taskd/conf.d/README
+check "taskd -tq -c /etc/taskd/taskd.toml (short options)" timeout "$T_STEP" /usr/bin/taskd -tq -c /etc/taskd/taskd.toml
+check "taskd --version names the commit it was built from" \
+    bash -c '/usr/bin/taskd --version | grep -qE "^taskd [0-9.]+ \([0-9a-f]{7,}\)$" || { /usr/bin/taskd --version; exit 1; }'
 check "man -w taskd" bash -c 'man -w taskd | grep -qx /usr/share/man/man8/taskd.8.gz'
 check "man -w taskd.toml" bash -c 'man -w taskd.toml | grep -qx /usr/share/man/man5/taskd.toml.5.gz'
 
@@ -318,7 +335,7 @@ check "dpkg -r kept users.json and results.log" \
 check "dpkg -r kept the conffiles" test -f /etc/taskd/taskd.toml -a -f /etc/taskd/servers.csv
 
 check "dpkg -P taskd" timeout "$T_STEP" dpkg -P taskd
-for p in /etc/taskd /var/lib/taskd /var/lib/private/taskd /var/log/taskd /var/log/private/taskd \
+for p in /etc/taskd /etc/default/taskd /var/lib/taskd /var/lib/private/taskd /var/log/taskd /var/log/private/taskd \
     /usr/share/man/man8/taskd.8.gz /usr/share/man/man5/taskd.toml.5.gz /usr/share/doc/taskd; do
     check "dpkg -P removed $p" bash -c '! [ -e "$1" ] && ! [ -L "$1" ]' _ "$p"
 done

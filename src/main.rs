@@ -1,13 +1,15 @@
 //! The taskd binary: command line, logging, configuration, then the event
-//! loop. Exit codes (SPEC section 7): 0 clean stop, 1 configuration error,
-//! 2 any other startup failure or a usage error (clap's own).
+//! loop. Exit codes (taskd(8), EXIT STATUS): 0 clean stop, 1 configuration
+//! error (also everything `--check-config` finds), 2 any other startup
+//! failure or a usage error (clap's own).
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use taskd::cli::Cli;
-use taskd::config;
+use taskd::cli::{Cli, VERSION};
+use taskd::config::{self, Config};
+use taskd::files;
 use taskd::server::Server;
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit: every connection is a
@@ -39,30 +41,38 @@ fn raise_nofile(max_connections: usize) {
     }
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    taskd::systemd::init_logging();
-    let cfg = match config::load(cli.config.as_deref(), &|k| std::env::var_os(k)) {
-        Ok(cfg) => cfg,
-        Err(e) => {
-            eprintln!("taskd: configuration error:\n{e}");
-            return ExitCode::from(1);
-        }
+/// What `--check-config` checks beyond the configuration itself, without
+/// binding a port: the folders the daemon will write in. Run by hand, the
+/// paths may not be the service's: the message says which environment they
+/// were resolved in.
+fn check_files(cfg: &Config) -> Result<(), String> {
+    let errors = files::check_paths(cfg.results_log.path.as_deref(), &cfg.server.state_dir);
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let mut text = errors.join("\n");
+    let r = &cfg.resolved_against;
+    if r.state_directory.is_none() || r.logs_directory.is_none() {
+        text.push_str(&format!(
+            "\n(relative paths resolved against {}: $STATE_DIRECTORY or $LOGS_DIRECTORY is not set; \
+             taskd.service sets them)",
+            r.main_dir.display()
+        ));
+    }
+    Err(text)
+}
+
+/// The startup lines: what runs, with which files.
+fn log_start(cfg: &Config) {
+    let workers = match cfg.server.workers {
+        0 => format!(
+            "{} workers (one per CPU)",
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        ),
+        1 => "1 worker".to_string(),
+        n => format!("{n} workers"),
     };
-    // Certificates are part of the configuration: one that does not load
-    // is a configuration error, also for --check-config.
-    for l in cfg.listeners.iter().filter(|l| l.proto.is_tls()) {
-        if let Err(e) = taskd::tls::server_config(l) {
-            eprintln!("taskd: configuration error:\n{} ({}): {e}", l.address, l.origin);
-            return ExitCode::from(1);
-        }
-    }
-    if cli.check_config {
-        if !cli.quiet {
-            print!("{}", config::render(&cfg));
-        }
-        return ExitCode::SUCCESS;
-    }
+    log::info!("taskd {VERSION} starting: pid {}, {workers}", std::process::id());
     if cfg.sources.is_empty() {
         log::info!("no configuration file; running on the embedded default");
     } else {
@@ -70,6 +80,53 @@ fn main() -> ExitCode {
             log::info!("loaded {}", s.display());
         }
     }
+    match &cfg.results_log.path {
+        Some(p) => log::info!("results log: {}", p.display()),
+        None => log::info!("results log: off"),
+    }
+    log::info!(
+        "user counts: {}",
+        cfg.server.state_dir.join("users.json").display()
+    );
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    taskd::systemd::init_logging();
+    if cli.quiet {
+        // --quiet: nothing on success, whatever RUST_LOG says (the unit's
+        // ExecStartPre= and ExecReload= run this way).
+        log::set_max_level(log::LevelFilter::Error);
+    }
+    let cfg = match config::load(cli.config.as_deref(), &|k| std::env::var_os(k)) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            taskd::systemd::print_error(&format!("taskd: configuration error:\n{e}"));
+            return ExitCode::from(1);
+        }
+    };
+    // Certificates are part of the configuration: one that does not load
+    // is a configuration error, also for --check-config.
+    for l in cfg.listeners.iter().filter(|l| l.proto.is_tls()) {
+        if let Err(e) = taskd::tls::server_config(l) {
+            taskd::systemd::print_error(&format!(
+                "taskd: configuration error:\n{} ({}): {e}",
+                l.address, l.origin
+            ));
+            return ExitCode::from(1);
+        }
+    }
+    if cli.check_config {
+        if let Err(e) = check_files(&cfg) {
+            taskd::systemd::print_error(&format!("taskd: configuration error:\n{e}"));
+            return ExitCode::from(1);
+        }
+        if !cli.quiet {
+            print!("{}", config::render(&cfg));
+        }
+        return ExitCode::SUCCESS;
+    }
+    log_start(&cfg);
     raise_nofile(cfg.limits.max_connections);
     let mut server = match Server::new(cfg, cli.config.clone()) {
         Ok(s) => s,

@@ -1,5 +1,5 @@
 //! Counters the event loop updates and their rendering in the Prometheus
-//! text exposition format 0.0.4 (SPEC section 2, "Metrics").
+//! text exposition format 0.0.4 (taskd(8), "METRICS").
 //!
 //! Everything is preallocated at start: `record` indexes flat arrays by
 //! transport, op and code and allocates only the first time a user name is
@@ -142,7 +142,7 @@ impl Metrics {
     /// `duration`: the task's queue and run time, when it was a task;
     /// `user`: the name the request is attributed to (`anonymous` included),
     /// counted in the per-user series unless its code does not count for
-    /// users (SPEC section 1, "Users").
+    /// users (taskd(8), "Users").
     pub fn record(
         &mut self,
         proto: &'static str,

@@ -1,58 +1,81 @@
 //! The worker pool: threads that parse numbers and compute, fed one job at
-//! a time by the event loop's short-term scheduler, answering through one
-//! shared channel and the loop's `mio::Waker`.
+//! a time by the short-term scheduler (`crate::tasks`), answering through
+//! one shared channel and the loop's `mio::Waker`.
 //!
 //! Each worker has its own job channel and the loop only hands a job to a
 //! worker it knows is idle, so no job ever waits behind another in a
 //! worker's channel: the scheduler's order is the order of execution.
+//! Every job is short (a list task, one slice of a π chunk, one rendering
+//! of the users table): a long π chunk is many jobs.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::numbers::{ValueErrorKind, Values, parse_json_values, parse_text_list};
-use crate::ops::Output;
-use crate::ops::pi::count_hits;
-use crate::protocol::{Code, RawValues};
+use crate::ops::pi::PiStream;
+use crate::ops::{ListFn, Output, UsersTable, compute_list};
+use crate::protocol::{Failure, Payload};
 
-pub type ListFn = fn(&Values) -> Result<Output, String>;
+/// Which piece of work a job or its result belongs to; the short-term
+/// scheduler checks it on delivery (a task may have been answered and its
+/// slot reused since).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    pub task: usize,
+    /// The task's lifetime-unique serial.
+    pub serial: u64,
+    /// π: the chunk; 0 otherwise.
+    pub chunk: u32,
+}
 
-pub enum Job {
-    List {
-        task: usize,
-        exec: ListFn,
-        raw: RawValues,
-    },
-    PiChunk {
-        task: usize,
-        samples: u64,
-        seed: u64,
-    },
+pub enum Work {
+    /// Parse the values and run the operation.
+    List { exec: ListFn, payload: Payload },
+    /// The next `samples` points of a π chunk.
+    PiSlice { stream: Box<PiStream>, samples: u64 },
+    /// Sort and render a snapshot of the user counts.
+    Users { snapshot: Vec<(Arc<str>, u64)> },
+}
+
+pub struct Job {
+    pub ticket: Ticket,
+    pub work: Work,
 }
 
 #[derive(Debug)]
-pub enum JobResult {
-    List(Result<Output, (Code, String)>),
-    PiChunk(Result<u64, (Code, String)>),
+pub enum Outcome {
+    List(Result<Output, Failure>),
+    /// The stream, advanced, for the chunk's next slice.
+    PiSlice {
+        stream: Box<PiStream>,
+        hits: u64,
+    },
+    Users(UsersTable),
+    /// The job panicked (a bug): its task fails with `internal`.
+    Panicked,
 }
 
 pub struct Done {
-    pub task: usize,
+    pub ticket: Ticket,
     pub worker: usize,
-    pub result: JobResult,
+    pub outcome: Outcome,
     pub run: Duration,
 }
 
 struct Worker {
-    jobs: Sender<Job>,
-    handle: Option<JoinHandle<()>>,
+    /// None once the worker is told to stop (a smaller pool after a
+    /// reload, or shutdown): the thread ends after its current job.
+    jobs: Option<Sender<Job>>,
+    busy: bool,
 }
 
 pub struct Pool {
     workers: Vec<Worker>,
+    /// The configured size: surplus workers are retired as soon as they
+    /// are idle.
+    size: usize,
     idle: Vec<usize>,
     done_tx: Sender<Done>,
     done_rx: Receiver<Done>,
@@ -60,38 +83,14 @@ pub struct Pool {
     waker: Arc<mio::Waker>,
 }
 
-/// Parses a list request's values and runs its operation: the whole
-/// work of a list task, on a worker or (for tiny tasks) on the loop.
-pub fn compute_list(exec: ListFn, raw: &RawValues) -> Result<Output, (Code, String)> {
-    let parsed = match raw {
-        RawValues::Text(bytes) => parse_text_list(bytes),
-        RawValues::Json(vals) => parse_json_values(vals),
-    };
-    match parsed {
-        Err(e) => {
-            let code = match e.kind {
-                ValueErrorKind::Parse => Code::Parse,
-                ValueErrorKind::Range => Code::Range,
-            };
-            Err((code, e.message))
+fn run(work: Work) -> Outcome {
+    match work {
+        Work::List { exec, payload } => Outcome::List(compute_list(exec, &payload)),
+        Work::PiSlice { mut stream, samples } => {
+            let hits = stream.run(samples);
+            Outcome::PiSlice { stream, hits }
         }
-        Ok(values) => exec(&values).map_err(|m| (Code::Range, m)),
-    }
-}
-
-/// [`compute_list`], with a panic (a bug) turned into `internal`: it must
-/// cost that one request, never the thread that ran it.
-pub fn compute_list_guarded(exec: ListFn, raw: &RawValues) -> Result<Output, (Code, String)> {
-    catch_unwind(AssertUnwindSafe(|| compute_list(exec, raw))).unwrap_or_else(|_| {
-        log::error!("an operation panicked");
-        Err((Code::Internal, "internal error, logged".to_string()))
-    })
-}
-
-fn run_job(job: Job) -> (usize, JobResult) {
-    match job {
-        Job::List { task, exec, raw } => (task, JobResult::List(compute_list(exec, &raw))),
-        Job::PiChunk { task, samples, seed } => (task, JobResult::PiChunk(Ok(count_hits(samples, seed)))),
+        Work::Users { snapshot } => Outcome::Users(UsersTable::render(snapshot)),
     }
 }
 
@@ -104,34 +103,24 @@ fn worker_main(
 ) {
     while let Ok(job) = jobs.recv() {
         let started = Instant::now();
-        let is_pi = matches!(job, Job::PiChunk { .. });
-        let task_key = match &job {
-            Job::List { task, .. } | Job::PiChunk { task, .. } => *task,
-        };
+        let ticket = job.ticket;
         // A panic in an operation is a bug; it must cost that one request,
         // not the worker and not the daemon.
-        let (task, result) = match catch_unwind(AssertUnwindSafe(|| run_job(job))) {
-            Ok(r) => r,
-            Err(_) => {
-                log::error!("worker {index}: operation panicked on task {task_key}");
-                let err = (Code::Internal, "internal error, logged".to_string());
-                let r = if is_pi {
-                    JobResult::PiChunk(Err(err))
-                } else {
-                    JobResult::List(Err(err))
-                };
-                (task_key, r)
-            }
-        };
+        let outcome = catch_unwind(AssertUnwindSafe(|| run(job.work))).unwrap_or_else(|_| {
+            log::error!("worker {index}: a job of task {} panicked", ticket.task);
+            Outcome::Panicked
+        });
         let msg = Done {
-            task,
+            ticket,
             worker: index,
-            result,
+            outcome,
             run: started.elapsed(),
         };
         if done.send(msg).is_err() {
             return;
         }
+        // One wake-up per batch: the loop clears the flag before it drains
+        // the channel, so results that arrive meanwhile ride along.
         if !pending.swap(true, Ordering::AcqRel)
             && let Err(e) = waker.wake()
         {
@@ -145,6 +134,7 @@ impl Pool {
         let (done_tx, done_rx) = channel();
         let mut pool = Pool {
             workers: Vec::new(),
+            size: 0,
             idle: Vec::new(),
             done_tx,
             done_rx,
@@ -155,47 +145,73 @@ impl Pool {
         Ok(pool)
     }
 
+    /// Workers serving now (retiring ones excluded).
     pub fn size(&self) -> usize {
-        self.workers.iter().filter(|w| w.handle.is_some()).count()
+        self.size
     }
 
-    /// Grows the pool to `size` workers (a pool never shrinks while the
-    /// daemon runs: an idle thread costs nothing but its stack).
+    fn serving(&self) -> usize {
+        self.workers.iter().filter(|w| w.jobs.is_some()).count()
+    }
+
+    /// Grows or shrinks the pool to `size` workers. Surplus workers finish
+    /// the job they are running, if any, and exit. A worker's index is
+    /// never reused, so a result always names the thread that made it.
     pub fn resize(&mut self, size: usize) -> std::io::Result<()> {
         let size = size.max(1);
-        while self.workers.len() < size {
+        self.size = size;
+        while self.serving() < size {
             let index = self.workers.len();
             let (tx, rx) = channel();
             let done = self.done_tx.clone();
             let pending = Arc::clone(&self.wake_pending);
             let waker = Arc::clone(&self.waker);
-            let handle = std::thread::Builder::new()
+            std::thread::Builder::new()
                 .name(format!("taskd-worker-{index}"))
                 .spawn(move || worker_main(index, rx, done, pending, waker))?;
             self.workers.push(Worker {
-                jobs: tx,
-                handle: Some(handle),
+                jobs: Some(tx),
+                busy: false,
             });
             self.idle.push(index);
         }
+        self.retire_surplus();
         Ok(())
+    }
+
+    /// Stops idle workers while more than the configured size serve.
+    fn retire_surplus(&mut self) {
+        let mut surplus = self.serving().saturating_sub(self.size);
+        while surplus > 0 {
+            let Some(w) = self.idle.pop() else { break };
+            // Dropping the job sender ends the worker's loop.
+            self.workers[w].jobs = None;
+            surplus -= 1;
+        }
     }
 
     pub fn has_idle(&self) -> bool {
         !self.idle.is_empty()
     }
 
-    pub fn idle_count(&self) -> usize {
-        self.idle.len()
+    pub fn busy(&self) -> usize {
+        self.workers.iter().filter(|w| w.busy).count()
     }
 
     /// Hands a job to an idle worker; gives it back when none is idle.
     pub fn submit(&mut self, job: Job) -> Result<(), Job> {
         let Some(w) = self.idle.pop() else { return Err(job) };
-        match self.workers[w].jobs.send(job) {
-            Ok(()) => Ok(()),
+        let Some(tx) = &self.workers[w].jobs else {
+            return Err(job);
+        };
+        match tx.send(job) {
+            Ok(()) => {
+                self.workers[w].busy = true;
+                Ok(())
+            }
             Err(e) => {
                 log::error!("worker {w} has stopped; its jobs go elsewhere");
+                self.workers[w].jobs = None;
                 Err(e.0)
             }
         }
@@ -207,11 +223,17 @@ impl Pool {
         self.wake_pending.store(false, Ordering::Release);
     }
 
-    /// The next finished job, marking its worker idle.
+    /// The next finished job, marking its worker idle (or retiring it).
     pub fn try_recv(&mut self) -> Option<Done> {
         match self.done_rx.try_recv() {
             Ok(done) => {
-                self.idle.push(done.worker);
+                if let Some(w) = self.workers.get_mut(done.worker) {
+                    w.busy = false;
+                    if w.jobs.is_some() {
+                        self.idle.push(done.worker);
+                    }
+                }
+                self.retire_surplus();
                 Some(done)
             }
             Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
@@ -219,14 +241,12 @@ impl Pool {
     }
 
     /// Tells every worker to stop after its current job. It does not wait
-    /// for them: a worker deep in a long pi chunk must not hold up the exit,
-    /// and whatever it computes now has no one left to answer.
+    /// for them: no job runs longer than a slice, and whatever a worker
+    /// computes now has no one left to answer.
     pub fn shutdown(&mut self) {
         for w in &mut self.workers {
-            let (tx, _) = channel();
-            // Dropping the job sender ends the worker's loop.
-            w.jobs = tx;
-            w.handle = None;
+            w.jobs = None;
         }
+        self.idle.clear();
     }
 }

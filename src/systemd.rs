@@ -106,6 +106,30 @@ pub fn stderr_is_journal() -> bool {
     st.st_dev == dev && st.st_ino == ino
 }
 
+/// Writes `text` with the journal's priority prefix on every line: the
+/// journal splits stderr into lines and reads each one's prefix on its own,
+/// so the second line of a multi-line error (a failed reload's reasons)
+/// would otherwise be logged at the default priority, info, and
+/// `journalctl -p err` would show the failure without its reason.
+fn write_prefixed(out: &mut impl Write, prio: u8, text: &str) -> std::io::Result<()> {
+    for line in text.split('\n') {
+        writeln!(out, "<{prio}>{line}")?;
+    }
+    Ok(())
+}
+
+/// Prints an error report to stderr, at priority err for the journal when
+/// stderr is the journal: a configuration error found by the unit's
+/// `ExecStartPre=` or `ExecReload=` check shows under `journalctl -p err`.
+pub fn print_error(text: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = if stderr_is_journal() {
+        write_prefixed(&mut err, 3, text)
+    } else {
+        writeln!(err, "{text}")
+    };
+}
+
 /// Sets up env_logger: default filter `info` (RUST_LOG overrides), journal
 /// prefixes when stderr is the journal.
 pub fn init_logging() {
@@ -118,8 +142,31 @@ pub fn init_logging() {
                 log::Level::Info => 6,
                 log::Level::Debug | log::Level::Trace => 7,
             };
-            writeln!(buf, "<{prio}>{}", record.args())
+            write_prefixed(buf, prio, &record.args().to_string())
         });
     }
     b.init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write_prefixed;
+
+    #[test]
+    fn every_line_of_a_message_gets_the_prefix() {
+        let mut out = Vec::new();
+        write_prefixed(
+            &mut out,
+            3,
+            "reload failed:\ntaskd.toml:3: unknown key `x`\nconf.d/a.toml:1: bad",
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "<3>reload failed:\n<3>taskd.toml:3: unknown key `x`\n<3>conf.d/a.toml:1: bad\n"
+        );
+        let mut out = Vec::new();
+        write_prefixed(&mut out, 6, "one line").unwrap();
+        assert_eq!(out, b"<6>one line\n");
+    }
 }

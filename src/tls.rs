@@ -1,4 +1,4 @@
-//! TLS for `tls` and `https` listeners (SPEC section 2a): the rustls server
+//! TLS for `tls` and `https` listeners (taskd(8), TLS): the rustls server
 //! configuration built from a listener's PEM files, and the user name a
 //! client certificate stands for under mutual TLS.
 //!
@@ -15,7 +15,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 
 use crate::config::ListenerConfig;
-use crate::protocol::head::valid_user;
+use crate::protocol::Name;
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -73,7 +73,7 @@ pub fn server_config(l: &ListenerConfig) -> Result<Arc<ServerConfig>, String> {
 
 /// The user a client certificate stands for: its first DNS or email
 /// subject-alternative name, else its common name, when that is a valid
-/// user name (SPEC section 2a).
+/// user name (taskd(8), TLS).
 pub fn certificate_user(cert: &CertificateDer) -> Option<String> {
     use x509_parser::extensions::GeneralName;
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
@@ -93,7 +93,7 @@ pub fn certificate_user(cert: &CertificateDer) -> Option<String> {
             .ok()?
             .to_string(),
     };
-    valid_user(name.as_bytes()).then_some(name)
+    Name::user(name.as_bytes()).is_some().then_some(name)
 }
 
 #[cfg(test)]

@@ -1,15 +1,20 @@
 //! Per-user request counts (the `users` op and `/statistics`), bounded by
 //! `limits.max_users`: past the limit, new names are counted under the
 //! reserved name `~other`, so a client inventing names cannot grow memory.
+//!
+//! Names are shared (`Arc<str>`), so a snapshot of a table of 100,000
+//! names costs the loop a copy of pointers and counts; sorting and
+//! rendering it happen on a worker (or the file writer).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 pub const ANONYMOUS: &str = "anonymous";
 pub const OTHER: &str = "~other";
 
 #[derive(Debug, Default)]
 pub struct UserCounts {
-    counts: HashMap<String, u64>,
+    counts: HashMap<Arc<str>, u64>,
     /// Most requests carry no user: their count is kept apart, so the
     /// common case costs no hashing.
     anonymous: u64,
@@ -55,7 +60,7 @@ impl UserCounts {
         } else {
             OTHER
         };
-        *self.counts.entry(name.to_owned()).or_insert(0) += 1;
+        *self.counts.entry(Arc::from(name)).or_insert(0) += 1;
     }
 
     /// Puts back counts saved by an earlier run. Names beyond `max_users`
@@ -67,15 +72,16 @@ impl UserCounts {
                 continue;
             }
             let reserved = name == ANONYMOUS || name == OTHER;
-            let key = if reserved || self.counts.contains_key(&name) || self.named < self.max_users {
-                if !reserved && !self.counts.contains_key(&name) {
+            let known = self.counts.contains_key(name.as_str());
+            let key = if reserved || known || self.named < self.max_users {
+                if !reserved && !known {
                     self.named += 1;
                 }
                 name
             } else {
                 OTHER.to_string()
             };
-            *self.counts.entry(key).or_insert(0) += n;
+            *self.counts.entry(Arc::from(key)).or_insert(0) += n;
         }
     }
 
@@ -88,20 +94,37 @@ impl UserCounts {
         self.len() == 0
     }
 
-    /// (name, count) sorted by the names' bytes.
-    pub fn snapshot(&self) -> Vec<(String, u64)> {
-        let mut v: Vec<(String, u64)> = self.counts.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    /// (name, count) pairs, in no particular order.
+    pub fn snapshot(&self) -> Vec<(Arc<str>, u64)> {
+        let mut v: Vec<(Arc<str>, u64)> = Vec::with_capacity(self.counts.len() + 1);
+        v.extend(self.counts.iter().map(|(k, v)| (Arc::clone(k), *v)));
         if self.anonymous > 0 {
-            v.push((ANONYMOUS.to_string(), self.anonymous));
+            v.push((Arc::from(ANONYMOUS), self.anonymous));
         }
-        v.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
         v
+    }
+
+    /// Bytes a rendering of the table may take at most (a name is at most
+    /// 64 bytes, escaped or not, and its entry's JSON around it 48): what a
+    /// `users` task counts against `max_buffered_bytes`.
+    pub fn rendered_size(&self) -> usize {
+        self.len() * (48 + 64) + 2
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sorted(u: &UserCounts) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = u
+            .snapshot()
+            .into_iter()
+            .map(|(n, c)| (n.to_string(), c))
+            .collect();
+        v.sort();
+        v
+    }
 
     #[test]
     fn counts_and_sorts() {
@@ -111,7 +134,7 @@ mod tests {
         u.count(Some("bob"));
         u.count(Some("Alice"));
         assert_eq!(
-            u.snapshot(),
+            sorted(&u),
             vec![("Alice".into(), 1), ("anonymous".into(), 1), ("bob".into(), 2)]
         );
     }
@@ -122,7 +145,7 @@ mod tests {
         u.restore(vec![("a".into(), 5), ("anonymous".into(), 2), ("b".into(), 1)]);
         u.count(Some("a"));
         assert_eq!(
-            u.snapshot(),
+            sorted(&u),
             vec![("a".into(), 6), ("anonymous".into(), 2), ("~other".into(), 1)]
         );
     }
@@ -135,7 +158,7 @@ mod tests {
         }
         u.count(None);
         assert_eq!(
-            u.snapshot(),
+            sorted(&u),
             vec![
                 ("a".into(), 2),
                 ("anonymous".into(), 1),

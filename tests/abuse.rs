@@ -8,114 +8,35 @@
 mod common;
 
 use std::cell::Cell;
-use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    Case, Daemon, Launch, Rng, abuse_cpu_secs, abuse_rss_kib, read_cases, reply_matches, svc_config,
-    svc_parse_info,
+    Case, Daemon, LOCALHOST, LOCALHOST_2, Launch, LineClient, Rng, free_port_v6, line_from, proc, read_cases,
+    reply_matches, udp_ask, udp_recv, udp_socket,
 };
 
 /// The configuration the corpus assumes (see its header).
 const CORPUS_CONFIG: &str =
     "[limits]\nmax_values = 5\n\n[ops.pi]\nmax_samples = 1000000\nudp_max_samples = 1000\n";
 
-const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-/// A second loopback address: Linux answers for all of 127.0.0.0/8.
-const LOCALHOST_2: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
-
 // ---- the corpus
 
 fn corpus() -> Vec<Case> {
-    read_cases(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cases/bad-inputs.txt"))
+    read_cases("tests/cases/bad-inputs.txt")
 }
 
 // ---- clients
 
-/// A line client that copes with whatever bytes come back.
-struct Conn {
-    stream: TcpStream,
-    reader: BufReader<TcpStream>,
-}
-
-impl Conn {
-    fn new(stream: TcpStream, timeout: Duration) -> Conn {
-        stream.set_read_timeout(Some(timeout)).expect("read timeout");
-        let _ = stream.set_nodelay(true);
-        let reader = BufReader::new(stream.try_clone().expect("clone"));
-        Conn { stream, reader }
-    }
-
-    fn connect(addr: SocketAddr) -> Conn {
-        Conn::new(
-            TcpStream::connect(addr).expect("connect"),
-            Duration::from_secs(20),
-        )
-    }
-
-    fn send(&mut self, line: &str) {
-        self.send_raw(format!("{line}\n").as_bytes());
-    }
-
-    fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("write");
-    }
-
-    /// The next line without its newline; Ok(None) at EOF, Err on a timeout
-    /// or a reset.
-    fn try_line(&mut self) -> io::Result<Option<String>> {
-        let mut buf = Vec::new();
-        match self.reader.read_until(b'\n', &mut buf)? {
-            0 => Ok(None),
-            _ => {
-                assert_eq!(buf.last(), Some(&b'\n'), "a reply cut short: {buf:?}");
-                buf.pop();
-                Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
-            }
-        }
-    }
-
-    fn line(&mut self) -> Option<String> {
-        self.try_line().unwrap_or_else(|e| panic!("reading a reply: {e}"))
-    }
-
-    fn ask(&mut self, line: &str) -> String {
-        self.send(line);
-        self.line()
-            .unwrap_or_else(|| panic!("EOF instead of a reply to {line:?}"))
-    }
-
-    /// Whether the daemon closed without sending a byte (EOF or reset).
-    fn closed_silently(&mut self) -> bool {
-        let mut b = [0u8; 256];
-        match self.reader.read(&mut b) {
-            Ok(0) => true,
-            Ok(n) => panic!("expected no reply, got {:?}", String::from_utf8_lossy(&b[..n])),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => true,
-            Err(e) => panic!("expected EOF, got {e}"),
-        }
-    }
-}
-
-/// A TCP connection to `to` from the local address `from` (a port the
-/// kernel picks): how one machine plays several client addresses.
-fn connect_from(from: IpAddr, to: SocketAddr) -> io::Result<TcpStream> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let s = Socket::new(Domain::for_address(to), Type::STREAM, Some(Protocol::TCP))?;
-    s.bind(&SocketAddr::new(from, 0).into())?;
-    s.connect(&to.into())?;
-    Ok(s.into())
-}
-
 /// A connection from `from` that the daemon serves: retried while it says
 /// `busy` (a connection just closed may not be gone from its count yet).
-fn open_served(from: IpAddr, to: SocketAddr) -> Conn {
+fn open_served(from: IpAddr, to: SocketAddr) -> LineClient {
     for _ in 0..100 {
-        let mut c = Conn::new(connect_from(from, to).expect("connect"), Duration::from_secs(20));
+        let mut c = line_from(from, to);
         let got = c.ask("ping");
         if got == "OK pong" {
             return c;
@@ -129,44 +50,17 @@ fn open_served(from: IpAddr, to: SocketAddr) -> Conn {
 /// A connection from `from` is refused with exactly one `ERR busy` line,
 /// then EOF.
 fn expect_busy(from: IpAddr, to: SocketAddr) {
-    let mut c = Conn::new(connect_from(from, to).expect("connect"), Duration::from_secs(20));
+    let mut c = line_from(from, to);
     let got = c.line().expect("an ERR busy line, not EOF");
     assert!(got.starts_with("ERR busy "), "connection from {from}: {got:?}");
     assert_eq!(c.line(), None, "after ERR busy the daemon closes");
-}
-
-fn udp_from(from: IpAddr, timeout: Duration) -> UdpSocket {
-    let s = UdpSocket::bind(SocketAddr::new(from, 0)).expect("udp client");
-    s.set_read_timeout(Some(timeout)).expect("timeout");
-    s
-}
-
-/// The next datagram as text, or None when nothing came in time.
-fn udp_recv(s: &UdpSocket) -> Option<String> {
-    let mut buf = vec![0u8; 65536];
-    match s.recv(&mut buf) {
-        Ok(n) => Some(
-            String::from_utf8_lossy(&buf[..n])
-                .trim_end_matches('\n')
-                .to_string(),
-        ),
-        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
-        Err(e) => panic!("udp receive: {e}"),
-    }
-}
-
-fn udp_ask(s: &UdpSocket, to: SocketAddr, request: &[u8]) -> Option<String> {
-    let mut datagram = request.to_vec();
-    datagram.push(b'\n');
-    s.send_to(&datagram, to).expect("udp send");
-    udp_recv(s)
 }
 
 /// Waits until `info` counts `n` connections (its own included).
 fn wait_connections(d: &Daemon, n: usize, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
-        let info = svc_parse_info(&Conn::connect(d.tcp).ask("info"));
+        let info = d.info_map();
         if info.get("connections").map(String::as_str) == Some(n.to_string().as_str()) {
             return true;
         }
@@ -200,9 +94,9 @@ fn the_bad_input_corpus_is_big_enough() {
 
 #[test]
 fn bad_inputs_over_tcp_pipelined_on_one_connection() {
-    let d = Daemon::start(CORPUS_CONFIG);
+    let d = Launch::line(CORPUS_CONFIG).start();
     let cases = corpus();
-    let mut c = Conn::connect(d.tcp);
+    let mut c = LineClient::connect(d.tcp);
     let mut all = Vec::new();
     for case in &cases {
         all.extend_from_slice(&case.request);
@@ -241,8 +135,8 @@ fn bad_inputs_over_tcp_pipelined_on_one_connection() {
 
 #[test]
 fn bad_inputs_over_udp_one_datagram_each() {
-    let d = Daemon::start(CORPUS_CONFIG);
-    let s = udp_from(LOCALHOST, Duration::from_secs(10));
+    let d = Launch::line(CORPUS_CONFIG).start();
+    let s = udp_socket(LOCALHOST, Duration::from_secs(10));
     let mut failures = Vec::new();
     for case in corpus() {
         match udp_ask(&s, d.udp, &case.request) {
@@ -289,10 +183,10 @@ fn bad_inputs_over_udp_one_datagram_each() {
 
 #[test]
 fn over_long_lines_get_too_long_and_the_next_request_its_answer() {
-    let d = Daemon::start("[limits]\nmax_line_bytes = 1024\n");
+    let d = Launch::line("[limits]\nmax_line_bytes = 1024\n").start();
     let long = format!("max{}", " 1".repeat(2500));
     assert!(long.len() > 5000);
-    let mut c = Conn::connect(d.tcp);
+    let mut c = LineClient::connect(d.tcp);
     c.send_raw(format!("{long}\n#after sum 2 3\n").as_bytes());
     let got = c.line().expect("a reply");
     assert!(got.starts_with("ERR too-long "), "{got:?}");
@@ -333,7 +227,7 @@ fn over_long_lines_get_too_long_and_the_next_request_its_answer() {
     assert_eq!(c.ask("#end ping"), "#end OK pong");
 
     // UDP: one datagram with an over-long line.
-    let s = udp_from(LOCALHOST, Duration::from_secs(10));
+    let s = udp_socket(LOCALHOST, Duration::from_secs(10));
     let got = udp_ask(&s, d.udp, long.as_bytes()).expect("a UDP reply");
     assert!(got.starts_with("ERR too-long "), "{got:?}");
     assert_eq!(udp_ask(&s, d.udp, b"#u max 1 2").as_deref(), Some("#u OK 2"));
@@ -374,7 +268,7 @@ fn is_blank(line: &[u8]) -> bool {
 
 #[test]
 fn random_garbage_gets_one_reply_per_line_and_never_a_closed_door() {
-    let d = Daemon::start("");
+    let d = Launch::line("").start();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let lines: Vec<Vec<u8>> = (0..3000).map(|_| garbage_line(&mut rng)).collect();
     let answered = lines.iter().filter(|l| !is_blank(l)).count();
@@ -384,9 +278,9 @@ fn random_garbage_gets_one_reply_per_line_and_never_a_closed_door() {
         all.push(b'\n');
     }
     all.extend_from_slice(b"#after sum 2 3\n");
-    let mut c = Conn::connect(d.tcp);
+    let mut c = LineClient::connect(d.tcp);
     // Written from a thread: the replies must be read meanwhile.
-    let mut w = c.stream.try_clone().expect("clone");
+    let mut w = c.stream().try_clone().expect("clone");
     let writer = thread::spawn(move || w.write_all(&all).expect("write"));
     for i in 0..answered {
         let got = c
@@ -402,7 +296,7 @@ fn random_garbage_gets_one_reply_per_line_and_never_a_closed_door() {
 
     // The same garbage over UDP, 20 lines to a datagram, each non-blank
     // line answered by its own datagram; then a valid request.
-    let s = udp_from(LOCALHOST, Duration::from_secs(10));
+    let s = udp_socket(LOCALHOST, Duration::from_secs(10));
     for (i, chunk) in lines.chunks(20).enumerate() {
         let mut datagram = Vec::new();
         for l in chunk {
@@ -417,7 +311,7 @@ fn random_garbage_gets_one_reply_per_line_and_never_a_closed_door() {
         }
     }
     assert_eq!(udp_ask(&s, d.udp, b"#u max 1 2").as_deref(), Some("#u OK 2"));
-    assert_eq!(Conn::connect(d.tcp).ask("ping"), "OK pong");
+    assert_eq!(LineClient::connect(d.tcp).ask("ping"), "OK pong");
 }
 
 // ---- 2. slow, greedy and idle clients
@@ -426,7 +320,7 @@ fn random_garbage_gets_one_reply_per_line_and_never_a_closed_door() {
 fn clients_trickling_an_endless_line_do_not_hold_up_a_normal_one() {
     const THREADS: usize = 4;
     const PER_THREAD: usize = 50;
-    let d = Daemon::start("");
+    let d = Launch::line("").start();
     let addr = d.tcp;
     let ready = Arc::new(Barrier::new(THREADS + 1));
     let trickle_over = Arc::new(AtomicBool::new(false));
@@ -474,7 +368,7 @@ fn clients_trickling_an_endless_line_do_not_hold_up_a_normal_one() {
         })
         .collect();
     ready.wait();
-    let mut c = Conn::connect(addr);
+    let mut c = LineClient::connect(addr);
     for i in 0..50u64 {
         assert_eq!(c.ask(&format!("#n{i} sum {i} 1")), format!("#n{i} OK {}", i + 1));
     }
@@ -508,11 +402,11 @@ fn clients_trickling_an_endless_line_do_not_hold_up_a_normal_one() {
 
 #[test]
 fn a_client_that_never_reads_is_paused_with_bounded_memory() {
-    let d = Daemon::start("");
-    let pid = d.child.id();
-    let mut other = Conn::connect(d.tcp);
+    let d = Launch::line("").start();
+    let pid = d.pid();
+    let mut other = LineClient::connect(d.tcp);
     assert_eq!(other.ask("stats 1 2 3"), "OK count=3 min=1 max=3 mean=2 median=2");
-    let rss_before = abuse_rss_kib(pid);
+    let rss_before = proc::rss(pid);
 
     // The greedy client: a small receive window, requests whose replies
     // are larger than they are, and never a read.
@@ -564,10 +458,10 @@ fn a_client_that_never_reads_is_paused_with_bounded_memory() {
         }
     }
     let sent = written.load(Ordering::SeqCst);
-    let rss_paused = abuse_rss_kib(pid);
+    let rss_paused = proc::rss(pid);
     // Meanwhile another client is served.
     assert_eq!(other.ask("#o1 sum 40 2"), "#o1 OK 42");
-    assert_eq!(Conn::connect(d.tcp).ask("#o2 max 1 7"), "#o2 OK 7");
+    assert_eq!(LineClient::connect(d.tcp).ask("#o2 max 1 7"), "#o2 OK 7");
     println!(
         "greedy client wrote {} MiB ({} requests) before it was held back; daemon RSS {} -> {} KiB (+{} MiB)",
         sent >> 20,
@@ -598,20 +492,20 @@ fn a_client_that_never_reads_is_paused_with_bounded_memory() {
         wait_connections(&d, 1, Duration::from_secs(15)),
         "the greedy client's connection was not closed after it went away"
     );
-    assert_eq!(Conn::connect(d.tcp).ask("#o3 min 3 -3"), "#o3 OK -3");
-    println!("after the greedy client left: RSS {} KiB", abuse_rss_kib(pid));
+    assert_eq!(LineClient::connect(d.tcp).ask("#o3 min 3 -3"), "#o3 OK -3");
+    println!("after the greedy client left: RSS {} KiB", proc::rss(pid));
 }
 
 #[test]
 fn idle_connections_are_closed_after_idle_timeout() {
-    let d = Daemon::start("[limits]\nidle_timeout_s = 1\n");
+    let d = Launch::line("[limits]\nidle_timeout_s = 1\n").start();
     // Silent from the start: closed without a byte.
-    let mut silent = Conn::connect(d.tcp);
+    let mut silent = LineClient::connect(d.tcp);
     // Served once, then silent: the reply, then EOF.
-    let mut served = Conn::connect(d.tcp);
+    let mut served = LineClient::connect(d.tcp);
     assert_eq!(served.ask("#s ping"), "#s OK pong");
     // Trickling an unfinished line counts as idle too (SPEC section 4).
-    let mut trickler = Conn::new(
+    let mut trickler = LineClient::from_tcp(
         TcpStream::connect(d.tcp).expect("connect"),
         Duration::from_millis(100),
     );
@@ -619,13 +513,13 @@ fn idle_connections_are_closed_after_idle_timeout() {
     let mut trickle_closed = false;
     let mut bytes = 0;
     while !trickle_closed && Instant::now() < deadline {
-        if trickler.stream.write_all(b"1").is_err() {
+        if trickler.stream().write_all(b"1").is_err() {
             trickle_closed = true;
             break;
         }
         bytes += 1;
         let mut b = [0u8; 64];
-        match trickler.reader.read(&mut b) {
+        match trickler.read(&mut b) {
             Ok(0) => trickle_closed = true,
             Ok(n) => panic!(
                 "a reply to an unfinished line: {:?}",
@@ -643,24 +537,24 @@ fn idle_connections_are_closed_after_idle_timeout() {
     assert!(silent.closed_silently());
     assert_eq!(served.line(), None, "EOF after the idle timeout");
     // The daemon itself is fine.
-    assert_eq!(Conn::connect(d.tcp).ask("ping"), "OK pong");
+    assert_eq!(LineClient::connect(d.tcp).ask("ping"), "OK pong");
 }
 
 // ---- connection limits
 
 #[test]
 fn max_connections_refuses_the_sixth_with_busy_and_keeps_the_five() {
-    let d = Daemon::start("[limits]\nmax_connections = 5\n");
-    let mut five: Vec<Conn> = (0..5).map(|_| open_served(LOCALHOST, d.tcp)).collect();
+    let d = Launch::line("[limits]\nmax_connections = 5\n").start();
+    let mut five: Vec<LineClient> = (0..5).map(|_| open_served(LOCALHOST, d.tcp)).collect();
     expect_busy(LOCALHOST, d.tcp);
     expect_busy(LOCALHOST_2, d.tcp);
     // One that sends requests before reading still gets the line, not a
     // reset (lingering close), and no answer to its requests.
-    let mut eager = Conn::connect(d.tcp);
+    let mut eager = LineClient::connect(d.tcp);
     eager.send_raw("ping\n".repeat(1000).as_bytes());
     let got = eager.line().expect("an ERR busy line, not EOF");
     assert!(got.starts_with("ERR busy "), "{got:?}");
-    let _ = eager.stream.shutdown(Shutdown::Write);
+    let _ = eager.stream().shutdown(Shutdown::Write);
     assert_eq!(eager.line(), None, "only the busy line");
     for (i, c) in five.iter_mut().enumerate() {
         assert_eq!(c.ask(&format!("#k{i} sum {i} 1")), format!("#k{i} OK {}", i + 1));
@@ -676,11 +570,11 @@ fn max_connections_refuses_the_sixth_with_busy_and_keeps_the_five() {
 
 #[test]
 fn max_connections_per_ip_counts_each_address_apart() {
-    let d = Daemon::start("[limits]\nmax_connections_per_ip = 2\n");
-    let mut mine: Vec<Conn> = (0..2).map(|_| open_served(LOCALHOST, d.tcp)).collect();
+    let d = Launch::line("[limits]\nmax_connections_per_ip = 2\n").start();
+    let mut mine: Vec<LineClient> = (0..2).map(|_| open_served(LOCALHOST, d.tcp)).collect();
     expect_busy(LOCALHOST, d.tcp);
     // Another address still has its own two.
-    let mut theirs: Vec<Conn> = (0..2).map(|_| open_served(LOCALHOST_2, d.tcp)).collect();
+    let mut theirs: Vec<LineClient> = (0..2).map(|_| open_served(LOCALHOST_2, d.tcp)).collect();
     expect_busy(LOCALHOST_2, d.tcp);
     for (i, c) in mine.iter_mut().chain(theirs.iter_mut()).enumerate() {
         assert_eq!(
@@ -697,50 +591,30 @@ fn max_connections_per_ip_counts_each_address_apart() {
 
 #[test]
 fn allow_refuses_other_addresses_silently_over_tcp_and_udp() {
-    let d = Daemon::start_with(|port| {
+    let d = Launch::config(|port| {
         format!(
             "[[listener]]\nproto = \"tcp\"\naddress = \"127.0.0.1:{port}\"\nallow = [\"127.0.0.2/32\"]\n\n\
              [[listener]]\nproto = \"udp\"\naddress = \"127.0.0.1:{port}\"\nallow = [\"127.0.0.2/32\"]\n"
         )
-    });
+    })
+    .start();
     // TCP from 127.0.0.1: closed without a byte, even after a request.
-    let mut refused = Conn::new(
-        connect_from(LOCALHOST, d.tcp).expect("connect"),
-        Duration::from_secs(20),
-    );
+    let mut refused = line_from(LOCALHOST, d.tcp);
     assert!(refused.closed_silently());
-    let mut refused = Conn::new(
-        connect_from(LOCALHOST, d.tcp).expect("connect"),
-        Duration::from_secs(20),
-    );
-    let _ = refused.stream.write_all(b"ping\n");
+    let mut refused = line_from(LOCALHOST, d.tcp);
+    let _ = refused.stream().write_all(b"ping\n");
     assert!(refused.closed_silently());
     // From 127.0.0.2: served.
-    let mut allowed = Conn::new(
-        connect_from(LOCALHOST_2, d.tcp).expect("connect"),
-        Duration::from_secs(20),
-    );
+    let mut allowed = line_from(LOCALHOST_2, d.tcp);
     assert_eq!(allowed.ask("#a max 1 2"), "#a OK 2");
 
     // UDP: the refused datagram goes first; once the allowed one (sent
     // after it) is answered, a reply to the refused one would be there.
-    let no = udp_from(LOCALHOST, Duration::from_millis(300));
-    let yes = udp_from(LOCALHOST_2, Duration::from_secs(10));
+    let no = udp_socket(LOCALHOST, Duration::from_millis(300));
+    let yes = udp_socket(LOCALHOST_2, Duration::from_secs(10));
     no.send_to(b"#r ping\n", d.udp).expect("send");
     assert_eq!(udp_ask(&yes, d.udp, b"#y ping").as_deref(), Some("#y OK pong"));
     assert_eq!(udp_recv(&no), None, "a refused address got a UDP reply");
-}
-
-/// A port free for TCP and UDP on ::1, or None when ::1 cannot be bound.
-fn free_port_v6() -> Option<u16> {
-    for _ in 0..100 {
-        let t = TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).ok()?;
-        let port = t.local_addr().ok()?.port();
-        if UdpSocket::bind((Ipv6Addr::LOCALHOST, port)).is_ok() {
-            return Some(port);
-        }
-    }
-    None
 }
 
 #[test]
@@ -751,7 +625,7 @@ fn allow_over_ipv6() {
     }
     let refusing_port = Cell::new(0u16);
     // The first listener, on 127.0.0.1, is the one the harness waits for.
-    let d = Daemon::start_with(|port| {
+    let d = Launch::config(|port| {
         let other = free_port_v6().expect("a free port on ::1");
         refusing_port.set(other);
         format!(
@@ -761,25 +635,20 @@ fn allow_over_ipv6() {
              [[listener]]\nproto = \"tcp\"\naddress = \"[::1]:{other}\"\nallow = [\"127.0.0.0/8\"]\n\n\
              [[listener]]\nproto = \"udp\"\naddress = \"[::1]:{other}\"\nallow = [\"127.0.0.0/8\"]\n"
         )
-    });
+    })
+    .start();
     let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
     let serving = SocketAddr::new(v6, d.port);
     let refusing = SocketAddr::new(v6, refusing_port.get());
 
-    let mut c = Conn::new(
-        connect_from(v6, serving).expect("connect [::1]"),
-        Duration::from_secs(20),
-    );
+    let mut c = line_from(v6, serving);
     assert_eq!(c.ask("#v6 sum 1 2"), "#v6 OK 3");
-    let mut r = Conn::new(
-        connect_from(v6, refusing).expect("connect [::1]"),
-        Duration::from_secs(20),
-    );
-    let _ = r.stream.write_all(b"ping\n");
+    let mut r = line_from(v6, refusing);
+    let _ = r.stream().write_all(b"ping\n");
     assert!(r.closed_silently(), "::1 is not in 127.0.0.0/8");
 
-    let no = udp_from(v6, Duration::from_millis(300));
-    let yes = udp_from(v6, Duration::from_secs(10));
+    let no = udp_socket(v6, Duration::from_millis(300));
+    let yes = udp_socket(v6, Duration::from_secs(10));
     no.send_to(b"#r ping\n", refusing).expect("send");
     // Different sockets of the daemon: wait for the allowed reply, then
     // give the refused one a moment more.
@@ -793,38 +662,16 @@ fn allow_over_ipv6() {
 
 // ---- running out of file descriptors
 
-/// Like `Daemon::start`, with RLIMIT_NOFILE lowered to `limit` (soft and
-/// hard) in the child before it execs taskd.
-fn start_with_nofile(limit: u64) -> Daemon {
-    let launch = Launch::new(|port| svc_config(port, "")).note(&format!("under RLIMIT_NOFILE {limit}"));
-    // SAFETY: the closure runs in the forked child before exec and only
-    // calls setrlimit(2), which is async-signal-safe; it allocates
-    // nothing and touches no lock.
-    let launch = unsafe {
-        launch.pre_exec(move || {
-            let lim = libc::rlimit {
-                rlim_cur: limit as libc::rlim_t,
-                rlim_max: limit as libc::rlim_t,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        })
-    };
-    launch.start()
-}
-
 #[test]
 fn out_of_file_descriptors_the_daemon_waits_without_spinning_and_recovers() {
-    let mut d = start_with_nofile(64);
-    let pid = d.child.id();
+    let mut d = Launch::line("").nofile(64).start();
+    let pid = d.pid();
     // Connect until one is not answered: it waits in the listen backlog
     // because the daemon has no descriptor left to accept it.
     let mut accepted = Vec::new();
     let mut backlog = Vec::new();
     for i in 0..200 {
-        let mut c = Conn::new(
+        let mut c = LineClient::from_tcp(
             TcpStream::connect(d.tcp).expect("connect"),
             Duration::from_secs(3),
         );
@@ -846,7 +693,7 @@ fn out_of_file_descriptors_the_daemon_waits_without_spinning_and_recovers() {
         "200 connections accepted under RLIMIT_NOFILE 64"
     );
     for i in 0..8 {
-        let mut c = Conn::new(
+        let mut c = LineClient::from_tcp(
             TcpStream::connect(d.tcp).expect("connect"),
             Duration::from_secs(20),
         );
@@ -855,9 +702,9 @@ fn out_of_file_descriptors_the_daemon_waits_without_spinning_and_recovers() {
     }
     // That state costs (next to) no CPU: accept is paused, not retried in
     // a loop.
-    let before = abuse_cpu_secs(pid);
+    let before = proc::cpu(pid);
     thread::sleep(Duration::from_secs(1));
-    let used = abuse_cpu_secs(pid) - before;
+    let used = proc::cpu(pid) - before;
     println!(
         "{} connections accepted under RLIMIT_NOFILE 64, {} waiting; daemon CPU {used:.3} s in 1 s",
         accepted.len(),
@@ -873,17 +720,15 @@ fn out_of_file_descriptors_the_daemon_waits_without_spinning_and_recovers() {
     let mut kept = accepted.split_off(accepted.len().saturating_sub(3));
     drop(accepted);
     for (expected, mut c) in backlog {
-        c.stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
+        c.set_timeout(Duration::from_secs(20));
         assert_eq!(c.line(), Some(expected));
     }
-    let mut fresh = Conn::connect(d.tcp);
+    let mut fresh = LineClient::connect(d.tcp);
     assert_eq!(fresh.ask("#new sum 20 22"), "#new OK 42");
     for (i, c) in kept.iter_mut().enumerate() {
         assert_eq!(c.ask(&format!("#k{i} ping")), format!("#k{i} OK pong"));
     }
-    assert!(d.child.try_wait().expect("try_wait").is_none(), "taskd exited");
+    assert!(d.try_wait().is_none(), "taskd exited");
 }
 
 // ---- more ways to abuse the daemon
@@ -926,12 +771,13 @@ fn partial_lines_of_many_clients_are_held_to_max_buffered_bytes() {
     const PER_THREAD: usize = 16;
     const EACH: usize = 2 << 20;
     const MAX_BUFFERED: u64 = 16 << 20;
-    let d = Daemon::start(&format!(
+    let d = Launch::line(&format!(
         "[limits]\nmax_line_bytes = 4194304\nmax_buffered_bytes = {MAX_BUFFERED}\n"
-    ));
-    let pid = d.child.id();
-    assert_eq!(Conn::connect(d.tcp).ask("sum 1 2"), "OK 3");
-    let rss_before = abuse_rss_kib(pid);
+    ))
+    .start();
+    let pid = d.pid();
+    assert_eq!(LineClient::connect(d.tcp).ask("sum 1 2"), "OK 3");
+    let rss_before = proc::rss(pid);
     let addr = d.tcp;
     // Each client sends 2 MiB of one unfinished line (under max_line_bytes,
     // so the daemon must keep it), 64 KiB at a time, round robin.
@@ -971,7 +817,7 @@ fn partial_lines_of_many_clients_are_held_to_max_buffered_bytes() {
     }
     // A few ticks of the loop to pause the largest holders.
     thread::sleep(Duration::from_millis(600));
-    let rss = abuse_rss_kib(pid);
+    let rss = proc::rss(pid);
     // What the daemon has read: what was sent, less what the kernel still
     // queues on either end of these connections.
     let in_kernel = kernel_queued(d.port);
@@ -986,7 +832,7 @@ fn partial_lines_of_many_clients_are_held_to_max_buffered_bytes() {
         MAX_BUFFERED >> 20
     );
     // A client with nothing buffered is still served.
-    assert_eq!(Conn::connect(d.tcp).ask("#x max 1 2"), "#x OK 2");
+    assert_eq!(LineClient::connect(d.tcp).ask("#x max 1 2"), "#x OK 2");
     // SPEC section 3: no connection is read further while all buffers
     // together exceed max_buffered_bytes. Allowed: the limit twice over,
     // for the reads in flight when it is crossed (64 KiB per connection
@@ -1007,11 +853,11 @@ fn partial_lines_of_many_clients_are_held_to_max_buffered_bytes() {
 
 #[test]
 fn a_udp_flood_leaves_memory_bounded_and_others_served() {
-    let d = Daemon::start("");
-    let pid = d.child.id();
-    let s = udp_from(LOCALHOST, Duration::from_secs(10));
+    let d = Launch::line("").start();
+    let pid = d.pid();
+    let s = udp_socket(LOCALHOST, Duration::from_secs(10));
     assert_eq!(udp_ask(&s, d.udp, b"ping").as_deref(), Some("OK pong"));
-    let rss_before = abuse_rss_kib(pid);
+    let rss_before = proc::rss(pid);
     // 64 requests a datagram (and 16 more lines that are dropped), never
     // reading a reply, from a socket with a tiny receive buffer.
     let flooder = {
@@ -1022,7 +868,7 @@ fn a_udp_flood_leaves_memory_bounded_and_others_served() {
                 let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).expect("socket");
                 s.set_recv_buffer_size(4096).expect("SO_RCVBUF");
                 s.bind(&SocketAddr::new(LOCALHOST, 0).into()).expect("bind");
-                UdpSocket::from(s)
+                std::net::UdpSocket::from(s)
             };
             let datagram: String = (0..80).map(|i| format!("#f{i} sum {i} 1\n")).collect();
             let deadline = Instant::now() + Duration::from_secs(2);
@@ -1037,7 +883,7 @@ fn a_udp_flood_leaves_memory_bounded_and_others_served() {
     };
     // Meanwhile (and after), a well-behaved client asks, retrying what the
     // flood made the kernel drop; `ERR busy` is a fair answer under load.
-    let s = udp_from(LOCALHOST, Duration::from_millis(200));
+    let s = udp_socket(LOCALHOST, Duration::from_millis(200));
     let (mut ok, mut busy) = (0, 0);
     let mut rss_peak = rss_before;
     for i in 0..20 {
@@ -1062,12 +908,12 @@ fn a_udp_flood_leaves_memory_bounded_and_others_served() {
             }
         }
         assert!(answered, "request {i} was never answered");
-        rss_peak = rss_peak.max(abuse_rss_kib(pid));
+        rss_peak = rss_peak.max(proc::rss(pid));
     }
     let datagrams = flooder.join().expect("flooder");
-    rss_peak = rss_peak.max(abuse_rss_kib(pid));
+    rss_peak = rss_peak.max(proc::rss(pid));
     // After the flood, served as usual.
-    let s = udp_from(LOCALHOST, Duration::from_secs(10));
+    let s = udp_socket(LOCALHOST, Duration::from_secs(10));
     let mut last = None;
     for _ in 0..50 {
         last = udp_ask(&s, d.udp, b"#after sum 2 3");
@@ -1077,7 +923,7 @@ fn a_udp_flood_leaves_memory_bounded_and_others_served() {
         thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(last.as_deref(), Some("#after OK 5"));
-    let info = svc_parse_info(&Conn::connect(d.tcp).ask("info"));
+    let info = d.info_map();
     println!(
         "UDP flood: {datagrams} datagrams of 80 lines; the other client got {ok} answers and {busy} busy; \
          daemon RSS {rss_before} -> peak {rss_peak} KiB; udp_lines_dropped {:?} udp_replies_dropped {:?} rejected_busy {:?}",
@@ -1094,8 +940,8 @@ fn a_udp_flood_leaves_memory_bounded_and_others_served() {
 
 #[test]
 fn clients_resetting_mid_request_leave_nothing_behind() {
-    let d = Daemon::start("");
-    let mut steady = Conn::connect(d.tcp);
+    let d = Launch::line("").start();
+    let mut steady = LineClient::connect(d.tcp);
     for i in 0..400u64 {
         let s = TcpStream::connect(d.tcp).expect("connect");
         let mut w = &s;
@@ -1121,8 +967,8 @@ fn clients_resetting_mid_request_leave_nothing_behind() {
 
 #[test]
 fn huge_and_deep_requests_get_their_error() {
-    let d = Daemon::start("");
-    let mut c = Conn::connect(d.tcp);
+    let d = Launch::line("").start();
+    let mut c = LineClient::connect(d.tcp);
     let deep_json = format!(
         "{{\"op\": \"max\", \"values\": {}1{}}}",
         "[".repeat(100_000),
@@ -1159,13 +1005,13 @@ fn huge_and_deep_requests_get_their_error() {
 
 #[test]
 fn invented_user_names_are_capped_by_max_users() {
-    let d = Daemon::start("[limits]\nmax_users = 10\n");
+    let d = Launch::line("[limits]\nmax_users = 10\n").start();
     let lines: Vec<String> = (0..2000).map(|i| format!("@u{i} ping")).collect();
     let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
     let replies = d.session(&refs);
     assert_eq!(replies.len(), 2000);
     assert!(replies.iter().all(|r| r == "OK pong"));
-    let got = Conn::connect(d.tcp).ask("users");
+    let got = LineClient::connect(d.tcp).ask("users");
     let list: serde_json::Value =
         serde_json::from_str(got.strip_prefix("OK ").expect("OK")).expect("a JSON array");
     let counts: Vec<(String, u64)> = list

@@ -5,51 +5,23 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use common::{BIN, Daemon};
+use common::{BIN, Exited, Launch, run_to_exit};
 
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs taskd with `args` in `dir`, killing it if it has not exited after
-/// 10 s (a taskd that starts serving instead of failing must not hang the
-/// test; every case here exits at once).
-fn run(dir: &Path, args: &[&str]) -> Run {
-    let out = dir.join(format!("out-{}", std::process::id()));
-    let err = dir.join(format!("err-{}", std::process::id()));
-    let mut child = Command::new(BIN)
-        .args(args)
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out).expect("stdout file"))
-        .stderr(std::fs::File::create(&err).expect("stderr file"))
-        .spawn()
-        .expect("start taskd");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break Some(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let r = Run {
-        code: status.and_then(|s| s.code()),
-        stdout: std::fs::read_to_string(&out).unwrap_or_default(),
-        stderr: std::fs::read_to_string(&err).unwrap_or_default(),
-    };
-    assert!(status.is_some(), "taskd {args:?} did not exit: {}", r.stderr);
-    r
+/// Runs taskd with `args` in `dir`, without RUST_LOG, killing it if it has
+/// not exited after 10 s (a taskd that starts serving instead of failing
+/// must not hang the test; every case here exits at once).
+fn run(dir: &Path, args: &[&str]) -> Exited {
+    run_to_exit(
+        Command::new(BIN)
+            .args(args)
+            .current_dir(dir)
+            .env_remove("RUST_LOG"),
+        dir,
+        Duration::from_secs(10),
+    )
 }
 
 fn tmp() -> tempfile::TempDir {
@@ -137,7 +109,7 @@ fn assert_names(stderr: &str, file: &str, line: usize, key: &str) {
 #[test]
 fn an_unknown_key_is_exit_1_naming_file_line_and_key() {
     let d = tmp();
-    let port = common::free_port();
+    let port = common::free_port().expect("a free port");
     let text = format!(
         "{}\n[limits]\nmax_values = 10\nbogus_limit = 3\n",
         listener("tcp", port)
@@ -170,7 +142,7 @@ fn an_unknown_key_is_exit_1_naming_file_line_and_key() {
 #[test]
 fn check_config_prints_a_configuration_that_loads_again() {
     let d = tmp();
-    let port = common::free_port();
+    let port = common::free_port().expect("a free port");
     let text = format!(
         "[server]\nworkers = 3\n\n[scheduler]\npolicy = \"sjf\"\n\n\
          [limits]\nmax_values = 10\nidle_timeout_s = 7\n\n\
@@ -208,7 +180,11 @@ fn check_config_prints_a_configuration_that_loads_again() {
 #[test]
 fn check_config_quiet_prints_nothing() {
     let d = tmp();
-    let f = write(d.path(), "taskd.toml", &listener("tcp", common::free_port()));
+    let f = write(
+        d.path(),
+        "taskd.toml",
+        &listener("tcp", common::free_port().expect("a free port")),
+    );
     let r = run(d.path(), &["--check-config", "--quiet", "--config", &f]);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert_eq!(r.stdout, "");
@@ -220,7 +196,7 @@ fn check_config_quiet_prints_nothing() {
 
 /// A second instance configured on the port of a running one.
 fn second_instance_on_a_busy_port(proto: &str) {
-    let running = Daemon::start("");
+    let running = Launch::line("").start();
     let d = tmp();
     let address = format!("127.0.0.1:{}", running.port);
     let f = write(d.path(), "taskd.toml", &listener(proto, running.port));

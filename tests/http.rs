@@ -14,7 +14,7 @@ use std::net::{Shutdown, TcpStream};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, HttpConn, HttpResponse, http_config, http_get, http_post, svc_wait_until};
+use common::{Daemon, HttpConn, HttpResponse, Launch, http_config, http_get, http_post, wait_until};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------- clients
@@ -141,7 +141,7 @@ fn as_f64(v: &Value) -> f64 {
 
 #[test]
 fn pi_endpoint_and_its_defaults() {
-    let d = Daemon::start_http("");
+    let d = Launch::http("").start();
     let api = Api::of(&d);
     let r = api.get("/pi?simulations=100000&concurrency=2");
     let v = ok_json(&r, "/pi");
@@ -166,7 +166,7 @@ fn pi_endpoint_and_its_defaults() {
 
 #[test]
 fn statistics_counts_named_users() {
-    let d = Daemon::start_http("");
+    let d = Launch::http("").start();
     let api = Api::of(&d);
     let users = |api: &Api| -> Vec<(String, u64)> {
         let v = ok_json(&api.get("/statistics"), "/statistics");
@@ -216,7 +216,7 @@ fn statistics_counts_named_users() {
 
 #[test]
 fn v1_get_answers_the_json_reply() {
-    let d = Daemon::start_http("");
+    let d = Launch::http("").start();
     let api = Api::of(&d);
     let r = api.get("/v1/max?values=1,2,3&id=x");
     assert_eq!(r.header("content-type"), Some("application/json"));
@@ -254,7 +254,7 @@ fn v1_get_answers_the_json_reply() {
 
 #[test]
 fn v1_post_takes_a_json_body() {
-    let d = Daemon::start_http("");
+    let d = Launch::http("").start();
     let api = Api::of(&d);
     assert_eq!(
         api.post("/v1/sum", r#"{"id": 7, "values": [1, 2, 3.5]}"#).json(),
@@ -277,7 +277,7 @@ fn v1_post_takes_a_json_body() {
 
 #[test]
 fn healthz_and_metrics() {
-    let d = Daemon::start_http("");
+    let d = Launch::http("").start();
     let api = Api::of(&d);
     let r = api.get("/healthz");
     assert_eq!(ok_json(&r, "/healthz"), json!({"status": "ok"}));
@@ -291,7 +291,7 @@ fn healthz_and_metrics() {
 /// What a Python client of the seed's Flask API sends.
 #[test]
 fn seed_flask_clients_work() {
-    let d = Daemon::start_http("");
+    let d = Launch::http("").start();
     let api = Api::of(&d);
     let v = ok_json(
         &api.get("/pi?simulations=1000&concurrency=1&username=alice"),
@@ -321,15 +321,16 @@ fn seed_flask_clients_work() {
 #[test]
 fn error_statuses_of_spec_2() {
     let second = Cell::new(0);
-    let d = Daemon::start_with(|port| {
-        let p2 = common::free_port();
+    let d = Launch::config(|port| {
+        let p2 = common::free_port().expect("a free port");
         second.set(p2);
         format!(
             "{}[[listener]]\nproto = \"http\"\naddress = \"127.0.0.1:{p2}\"\nops = [\"max\"]\n\n\
              [limits]\nmax_values = 3\nmax_line_bytes = 1024\n",
             http_config(port, "")
         )
-    });
+    })
+    .start();
     let api = Api::of(&d);
     let gets = [
         ("/v1/max?values=1,x", 400, "parse"),
@@ -378,11 +379,11 @@ fn error_statuses_of_spec_2() {
 
     // Wrong methods: 405 with Allow.
     for (r, what, allow) in [
-        (api.post("/healthz", ""), "POST /healthz", "GET"),
-        (api.post("/pi", ""), "POST /pi", "GET"),
-        (api.put("/metrics"), "PUT /metrics", "GET"),
-        (api.delete("/statistics"), "DELETE /statistics", "GET"),
-        (api.delete("/v1/max"), "DELETE /v1/max", "GET, POST"),
+        (api.post("/healthz", ""), "POST /healthz", "GET, HEAD"),
+        (api.post("/pi", ""), "POST /pi", "GET, HEAD"),
+        (api.put("/metrics"), "PUT /metrics", "GET, HEAD"),
+        (api.delete("/statistics"), "DELETE /statistics", "GET, HEAD"),
+        (api.delete("/v1/max"), "DELETE /v1/max", "GET, HEAD, POST"),
     ] {
         assert_error(&r, 405, "method", what);
         let got: Vec<&str> = r
@@ -418,7 +419,7 @@ fn error_statuses_of_spec_2() {
 /// Errors that do not close: the connection answers what follows.
 #[test]
 fn errors_keep_the_connection_unless_spec_closes_it() {
-    let d = Daemon::start_http("[limits]\nmax_values = 3\n");
+    let d = Launch::http("[limits]\nmax_values = 3\n").start();
     let mut c = d.http();
     let requests = [
         http_get("/nosuch"),
@@ -450,7 +451,7 @@ fn errors_keep_the_connection_unless_spec_closes_it() {
 /// 413 and 431, and after both Content-Length and Transfer-Encoding.
 #[test]
 fn errors_that_close_the_connection() {
-    let d = Daemon::start_http("[limits]\nmax_line_bytes = 1024\n");
+    let d = Launch::http("[limits]\nmax_line_bytes = 1024\n").start();
     let check = |request: Vec<u8>, status: u16, code: &str, what: &str| {
         let mut c = d.http();
         // A good request first: answered before the bad one.
@@ -527,10 +528,10 @@ fn errors_that_close_the_connection() {
 /// are written and the connection closed).
 #[test]
 fn half_close_in_the_middle_of_a_request_closes() {
-    let d = Daemon::start_http("");
+    let d = Launch::http("").start();
     let mut c = d.http();
     c.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHo");
-    c.stream.shutdown(Shutdown::Write).expect("half-close");
+    c.stream().shutdown(Shutdown::Write).expect("half-close");
     assert_eq!(c.response().status, 200);
     assert_closed(&mut c, "EOF inside the second request's head");
 }
@@ -539,7 +540,7 @@ fn half_close_in_the_middle_of_a_request_closes() {
 
 #[test]
 fn keep_alive_serves_many_requests_on_one_connection() {
-    let d = Daemon::start_http("");
+    let d = Launch::http("").start();
     let mut c = d.http();
     for i in 0..20u64 {
         let r = c.ask(http_get(&format!("/v1/sum?values={i},{}&id=k{i}", i + 1)));
@@ -567,7 +568,7 @@ fn keep_alive_serves_many_requests_on_one_connection() {
 
 #[test]
 fn pipelined_requests_are_answered_in_order() {
-    let d = Daemon::start_http("");
+    let d = Launch::http("").start();
     let mut c = d.http();
     let mut requests = String::new();
     let mut want: Vec<(Value, Option<Value>)> = Vec::new();
@@ -616,7 +617,7 @@ fn pipelined_requests_are_answered_in_order() {
 
 #[test]
 fn connection_close_and_http_1_0() {
-    let d = Daemon::start_http("");
+    let d = Launch::http("").start();
     let mut c = d.http();
     let r = c.ask("GET /v1/max?values=1,2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert_eq!(ok_result(&r, "Connection: close"), json!(2));
@@ -642,7 +643,7 @@ fn connection_close_and_http_1_0() {
 /// connection: a normal client is answered while the slow one still sends.
 #[test]
 fn a_slow_client_does_not_block_others() {
-    let d = Daemon::start_http("");
+    let d = Launch::http("").start();
     let events = Arc::new(Mutex::new(Vec::new()));
     let (started_tx, started_rx) = mpsc::channel();
     let addr = d.tcp;
@@ -694,24 +695,22 @@ fn a_slow_client_does_not_block_others() {
 /// and the daemon exits 0.
 #[test]
 fn sigterm_drains_http() {
-    let mut d = Daemon::start_http("[server]\nworkers = 2\ndrain_delay_s = 2\nshutdown_timeout_s = 6\n");
+    let mut d = Launch::http("[server]\nworkers = 2\ndrain_delay_s = 2\nshutdown_timeout_s = 6\n").start();
     let api = Api::of(&d);
     // A task that outlives the delay keeps the daemon serving after it.
     let mut long = d.http();
     long.send(http_get("/v1/pi?samples=10000000000&chunks=1&id=long"));
-    let running = svc_wait_until(Duration::from_secs(10), || {
+    let running = wait_until(Duration::from_secs(10), || {
         let m = api.get("/metrics").text();
         m.contains("taskd_queue_tasks{queue=\"running\"} 1")
     });
     assert!(running, "the long pi task never ran");
 
-    // SAFETY: kill(2) signals our own child, not reaped before the drop.
-    let rc = unsafe { libc::kill(d.child.id() as i32, libc::SIGTERM) };
-    assert_eq!(rc, 0, "kill");
+    d.send_signal(libc::SIGTERM);
 
     let mut draining = None;
     assert!(
-        svc_wait_until(Duration::from_secs(5), || {
+        wait_until(Duration::from_secs(5), || {
             let r = d.http().ask(http_get("/healthz"));
             let done = r.status == 503;
             draining = Some(r);
@@ -730,7 +729,7 @@ fn sigterm_drains_http() {
 
     let mut refused = None;
     assert!(
-        svc_wait_until(Duration::from_secs(10), || {
+        wait_until(Duration::from_secs(10), || {
             let mut c = d.http();
             let r = c.ask(http_get("/v1/max?values=1,2"));
             if r.status == 200 {
@@ -749,14 +748,8 @@ fn sigterm_drains_http() {
     let r = long.response();
     assert_error(&r, 503, "shutting-down", "the task left at the timeout");
     assert_eq!(r.json()["id"], json!("long"));
-    let mut status = None;
-    assert!(
-        svc_wait_until(Duration::from_secs(15), || {
-            status = d.child.try_wait().expect("try_wait");
-            status.is_some()
-        }),
-        "taskd did not exit"
-    );
+    let status = d.wait_exit(Duration::from_secs(15));
+    assert!(status.is_some(), "taskd did not exit");
     assert!(status.expect("exited").success(), "{status:?}: {}", d.stderr());
 }
 
@@ -890,7 +883,7 @@ fn scrape(api: &Api) -> Vec<Sample> {
 
 #[test]
 fn metrics_follow_the_requests() {
-    let d = Daemon::start_http("");
+    let d = Launch::http("").start();
     let api = Api::of(&d);
     const REQ: &str = "taskd_requests_total";
     const ERR: &str = "taskd_errors_total";
@@ -958,7 +951,7 @@ fn metrics_follow_the_requests() {
 /// answered like any other: `taskd_requests_total` counts them.
 #[test]
 fn metrics_count_the_ops_the_loop_answers() {
-    let d = Daemon::start_http("");
+    let d = Launch::http("").start();
     let api = Api::of(&d);
     for op in ["ping", "users", "info"] {
         ok_result(&api.get(&format!("/v1/{op}")), op);
@@ -1011,7 +1004,7 @@ mod props {
 
     #[test]
     fn arbitrary_bytes_never_crash_the_daemon() {
-        let mut d = Daemon::start_http("[limits]\nmax_line_bytes = 4096\nmax_values = 100\n");
+        let mut d = Launch::http("[limits]\nmax_line_bytes = 4096\nmax_values = 100\n").start();
         let addr = d.tcp;
         let mut runner = TestRunner::new(Config {
             cases: 64,
@@ -1034,7 +1027,7 @@ mod props {
                 Ok(())
             })
             .unwrap_or_else(|e| panic!("{e}\n{}", d.stderr()));
-        assert!(d.child.try_wait().expect("try_wait").is_none(), "taskd exited");
+        assert!(d.try_wait().is_none(), "taskd exited");
         assert_eq!(d.http().ask(http_get("/healthz")).status, 200);
     }
 }

@@ -9,78 +9,20 @@ use std::ffi::CStr;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use common::{BIN, Client, Daemon, free_port, svc_wait_until};
-
-/// Every datagram received on a notify socket, in order.
-struct Notifications {
-    path: PathBuf,
-    got: Arc<Mutex<Vec<(Instant, String)>>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Notifications {
-    /// Binds a datagram socket in a fresh folder and collects what arrives
-    /// on it from a background thread (which ends with the test process).
-    fn listen() -> Notifications {
-        let dir = tempfile::tempdir().expect("temporary folder");
-        let path = dir.path().join("notify.sock");
-        let sock = UnixDatagram::bind(&path).expect("bind the notify socket");
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&got);
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 65536];
-            while let Ok(n) = sock.recv(&mut buf) {
-                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-                sink.lock().unwrap().push((Instant::now(), msg));
-            }
-        });
-        Notifications { path, got, _dir: dir }
-    }
-
-    fn all(&self) -> Vec<(Instant, String)> {
-        self.got.lock().unwrap().clone()
-    }
-
-    fn messages(&self) -> Vec<String> {
-        self.all().into_iter().map(|(_, m)| m).collect()
-    }
-
-    /// Waits (at most 5 s) for a message, after the first `skip` ones,
-    /// that satisfies `f`; returns its index.
-    fn wait_for(&self, skip: usize, what: &str, f: impl Fn(&str) -> bool) -> usize {
-        let mut found = None;
-        svc_wait_until(Duration::from_secs(5), || {
-            found = self
-                .messages()
-                .iter()
-                .skip(skip)
-                .position(|m| f(m))
-                .map(|i| i + skip);
-            found.is_some()
-        });
-        found.unwrap_or_else(|| panic!("no {what} notification; got {:?}", self.messages()))
-    }
-}
-
-/// Whether a notification has the assignment `line` (e.g. `READY=1`).
-fn has(msg: &str, line: &str) -> bool {
-    msg.lines().any(|l| l == line)
-}
+use common::{BIN, Daemon, Launch, LineClient, Notifications, Proc, free_port, has, wait_until};
 
 fn start_notified(n: &Notifications, watchdog_usec: Option<&str>) -> Daemon {
-    let path = n.path.to_str().expect("utf-8 path").to_string();
-    let mut env = vec![("NOTIFY_SOCKET", path.as_str())];
+    let (key, path) = n.env();
+    let mut env = vec![(key, path.as_str())];
     if let Some(usec) = watchdog_usec {
         env.push(("WATCHDOG_USEC", usec));
     }
-    Daemon::start_env("", &env)
+    Launch::line("").env(&env).start()
 }
 
 #[test]
@@ -96,7 +38,7 @@ fn ready_with_status_then_regular_watchdog_pings() {
     );
     let ready_at = n.all()[ready].0;
     // WATCHDOG_USEC = 400 ms: a ping every 200 ms or so, at least 3 in 2 s.
-    let enough = svc_wait_until(Duration::from_secs(3), || {
+    let enough = wait_until(Duration::from_secs(3), || {
         n.all()
             .iter()
             .filter(|(t, m)| *t >= ready_at && has(m, "WATCHDOG=1"))
@@ -194,7 +136,7 @@ impl CBuf {
 
 /// Starts taskd with `listener` passed as systemd would: as fd 3, with
 /// LISTEN_FDS=1 and LISTEN_PID = the child's own pid.
-fn spawn_activated(listener: &TcpListener, config: &Path, dir: &Path) -> Child {
+fn spawn_activated(listener: &TcpListener, config: &Path, dir: &Path) -> Proc {
     let fd: RawFd = listener.as_raw_fd();
     let mut cmd = Command::new(BIN);
     cmd.arg("--config")
@@ -239,30 +181,11 @@ fn spawn_activated(listener: &TcpListener, config: &Path, dir: &Path) -> Child {
             Ok(())
         });
     }
-    cmd.spawn().expect("start taskd")
+    Proc::new(cmd.spawn().expect("start taskd"))
 }
 
 fn tcp_config(addr: SocketAddr) -> String {
     format!("[[listener]]\nproto = \"tcp\"\naddress = \"{addr}\"\n")
-}
-
-/// Kills the child when the test ends, also when it fails.
-struct Reap(Child);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let mut status = None;
-    svc_wait_until(timeout, || {
-        status = child.try_wait().expect("try_wait");
-        status.is_some()
-    });
-    status
 }
 
 #[test]
@@ -272,11 +195,11 @@ fn socket_activation_serves_the_passed_listener() {
     let addr = listener.local_addr().expect("address");
     let config = dir.path().join("taskd.toml");
     std::fs::write(&config, tcp_config(addr)).expect("config");
-    let mut child = Reap(spawn_activated(&listener, &config, dir.path()));
+    let mut child = spawn_activated(&listener, &config, dir.path());
     // Only the daemon holds the socket now: every connection is its own.
     drop(listener);
     let stderr = || std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
-    let mut c = Client::connect(addr);
+    let mut c = LineClient::connect(addr);
     assert_eq!(c.ask("#1 sum 1 2 3"), "#1 OK 6", "{}", stderr());
     assert_eq!(c.ask("ping"), "OK pong");
     assert!(
@@ -284,10 +207,9 @@ fn socket_activation_serves_the_passed_listener() {
         "taskd did not adopt the passed socket:\n{}",
         stderr()
     );
-    assert!(child.0.try_wait().expect("try_wait").is_none(), "{}", stderr());
-    // SAFETY: kill(2) on our own unreaped child.
-    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
-    let status = wait_exit(&mut child.0, Duration::from_secs(10));
+    assert!(child.try_wait().is_none(), "{}", stderr());
+    child.signal(libc::SIGTERM);
+    let status = child.wait_exit(Duration::from_secs(10));
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", stderr());
 }
 
@@ -296,25 +218,26 @@ fn a_reload_never_closes_a_passed_socket() {
     let dir = tempfile::tempdir().expect("temporary folder");
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("address");
-    let other: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let other: SocketAddr = format!("127.0.0.1:{}", free_port().expect("a free port"))
+        .parse()
+        .unwrap();
     let config = dir.path().join("taskd.toml");
     std::fs::write(&config, format!("{}{}", tcp_config(addr), tcp_config(other))).expect("config");
-    let child = Reap(spawn_activated(&listener, &config, dir.path()));
+    let child = spawn_activated(&listener, &config, dir.path());
     drop(listener);
     let stderr = || std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
-    assert_eq!(Client::connect(addr).ask("ping"), "OK pong", "{}", stderr());
+    assert_eq!(LineClient::connect(addr).ask("ping"), "OK pong", "{}", stderr());
     // The new configuration drops the passed socket's listener.
     std::fs::write(&config, tcp_config(other)).expect("config");
-    // SAFETY: kill(2) on our own unreaped child.
-    unsafe { libc::kill(child.0.id() as i32, libc::SIGHUP) };
+    child.signal(libc::SIGHUP);
     assert!(
-        svc_wait_until(Duration::from_secs(5), || stderr().contains("reload")),
+        wait_until(Duration::from_secs(5), || stderr().contains("reload")),
         "no reload logged:\n{}",
         stderr()
     );
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
-        Client::connect(addr).ask("#p sum 1 1"),
+        LineClient::connect(addr).ask("#p sum 1 1"),
         "#p OK 2",
         "the passed socket after a reload without its listener:\n{}",
         stderr()
@@ -325,11 +248,13 @@ fn a_reload_never_closes_a_passed_socket() {
 fn a_passed_socket_matching_no_listener_is_exit_1() {
     let dir = tempfile::tempdir().expect("temporary folder");
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let other: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let other: SocketAddr = format!("127.0.0.1:{}", free_port().expect("a free port"))
+        .parse()
+        .unwrap();
     let config = dir.path().join("taskd.toml");
     std::fs::write(&config, tcp_config(other)).expect("config");
-    let mut child = Reap(spawn_activated(&listener, &config, dir.path()));
-    let status = wait_exit(&mut child.0, Duration::from_secs(10));
+    let mut child = spawn_activated(&listener, &config, dir.path());
+    let status = child.wait_exit(Duration::from_secs(10));
     let stderr = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
     assert_eq!(
         status.and_then(|s| s.code()),
@@ -356,13 +281,15 @@ fn systemd_socket_activate_passes_a_listener_taskd_serves() {
     };
     for _ in 0..5 {
         let dir = tempfile::tempdir().expect("temporary folder");
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port().expect("a free port"))
+            .parse()
+            .unwrap();
         let config = dir.path().join("taskd.toml");
         std::fs::write(&config, tcp_config(addr)).expect("config");
         let stderr_path = dir.path().join("stderr.log");
         // It binds the address, and on the first connection execs taskd
         // in place (same pid) with the socket as fd 3.
-        let mut child = Reap(
+        let mut child = Proc::new(
             Command::new(tool)
                 .arg("-l")
                 .arg(addr.to_string())
@@ -379,24 +306,24 @@ fn systemd_socket_activate_passes_a_listener_taskd_serves() {
                 .expect("start systemd-socket-activate"),
         );
         let stderr = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
-        let listening = svc_wait_until(Duration::from_secs(10), || {
-            child.0.try_wait().expect("try_wait").is_none()
+        let listening = wait_until(Duration::from_secs(10), || {
+            child.try_wait().is_none()
                 && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
         });
         if !listening {
             // The port was taken meanwhile: try another one.
             continue;
         }
-        let mut c = Client::connect(addr);
+        let mut c = LineClient::connect(addr);
         assert_eq!(c.ask("#s max 4 8 1"), "#s OK 8", "{}", stderr());
         assert!(
             stderr().contains("socket from systemd"),
             "taskd did not adopt the passed socket:\n{}",
             stderr()
         );
-        // SAFETY: kill(2) on our own unreaped child (taskd, exec'd in place).
-        unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
-        let status = wait_exit(&mut child.0, Duration::from_secs(10));
+        // taskd, exec'd in place of systemd-socket-activate: the same pid.
+        child.signal(libc::SIGTERM);
+        let status = child.wait_exit(Duration::from_secs(10));
         assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", stderr());
         return;
     }

@@ -2,13 +2,15 @@
 //! input makes it panic, and every request written by SPEC section 1's
 //! grammar parses to what it says (id, user, op, arguments, values).
 
+#![allow(clippy::result_large_err)]
+
 mod common;
 
 use proptest::prelude::*;
 
 use taskd::numbers::{Values, count_text_values, parse_json_values, parse_text_list};
 use taskd::ops::{ArgKind, OPS, lookup};
-use taskd::protocol::{Args, Id, ParseCtx, RawValues, parse_line};
+use taskd::protocol::{Args, Format, Id, Name, ParseCtx, Syntax, parse_line};
 
 const MAX_VALUES: usize = 1000;
 const MAX_SAMPLES: u64 = 10_000_000_000;
@@ -20,7 +22,6 @@ fn with_ctx<T>(udp: bool, f: impl FnOnce(&ParseCtx) -> T) -> T {
         max_samples: MAX_SAMPLES,
         allowed: &allowed,
         udp,
-        workers: 4,
     };
     f(&ctx)
 }
@@ -30,16 +31,17 @@ fn with_ctx<T>(udp: bool, f: impl FnOnce(&ParseCtx) -> T) -> T {
 fn parse_everything(line: &[u8], udp: bool) {
     let parsed = with_ctx(udp, |ctx| parse_line(line, ctx));
     if let Ok(req) = parsed
-        && let Args::Values { raw, count } = req.args
+        && let Args::Values { span, syntax, count } = req.args
     {
         assert!((1..=MAX_VALUES).contains(&count));
-        match raw {
-            RawValues::Text(t) => {
-                assert_eq!(count_text_values(&t), count);
-                let _ = parse_text_list(&t);
+        let values = &line[span];
+        match syntax {
+            Syntax::Text => {
+                assert_eq!(count_text_values(values), count);
+                let _ = parse_text_list(values);
             }
-            RawValues::Json(v) => {
-                let _ = parse_json_values(&v);
+            Syntax::JsonArray => {
+                let _ = parse_json_values(values);
             }
         }
     }
@@ -338,20 +340,20 @@ proptest! {
         let line = r.line();
         let req = with_ctx(false, |ctx| parse_line(line.as_bytes(), ctx))
             .unwrap_or_else(|rej| panic!("{line:?} refused: {rej:?}"));
-        prop_assert_eq!(req.id, r.id.clone().map(Id::Text), "{:?}", line);
-        prop_assert_eq!(&req.user, &r.user, "{:?}", line);
+        prop_assert_eq!(req.id, r.id.as_ref().and_then(|s| Name::id(s.as_bytes())).map(Id::Text), "{:?}", line);
+        prop_assert_eq!(req.user, r.user.as_ref().and_then(|u| Name::user(u.as_bytes())), "{:?}", line);
         prop_assert_eq!(req.op, r.op, "{:?}", line);
         prop_assert_eq!(lookup(&r.op_text), Some(r.op));
-        prop_assert!(!req.json);
+        prop_assert_eq!(req.format, Format::Text);
         match (&r.args, &req.args) {
             (GenArgs::None, Args::None) => {}
             (GenArgs::Pi(s, c), Args::Pi { samples, chunks }) => {
                 prop_assert_eq!((s, c), (samples, chunks), "{:?}", line);
             }
-            (GenArgs::Values(text, values), Args::Values { raw, count }) => {
+            (GenArgs::Values(text, values), Args::Values { span, syntax, count }) => {
                 prop_assert_eq!(*count, values.len(), "{:?}", line);
-                let RawValues::Text(raw) = raw else { panic!("text values expected for {line:?}") };
-                let parsed = parse_text_list(raw)
+                prop_assert_eq!(*syntax, Syntax::Text, "text values expected for {:?}", line);
+                let parsed = parse_text_list(&line.as_bytes()[span.clone()])
                     .unwrap_or_else(|e| panic!("values of {line:?} refused: {e}"));
                 prop_assert_eq!(parsed, expected(values), "{:?}", line);
                 // The list alone, as the worker sees it.
@@ -364,10 +366,12 @@ proptest! {
     #[test]
     fn valid_json_requests_parse_to_what_they_say(r in request(), int_id in any::<i64>(), use_int in any::<bool>()) {
         let mut obj = serde_json::Map::new();
-        let id = r.id.clone().map(|s| if use_int { Id::Int(int_id) } else { Id::Text(s) });
+        let id = r.id.clone().map(|s| {
+            if use_int { Id::Int(int_id) } else { Id::Text(Name::id(s.as_bytes()).expect("a generated id")) }
+        });
         match &id {
             Some(Id::Int(i)) => { obj.insert("id".into(), (*i).into()); }
-            Some(Id::Text(s)) => { obj.insert("id".into(), s.clone().into()); }
+            Some(Id::Text(s)) => { obj.insert("id".into(), s.as_str().into()); }
             None => {}
         }
         if let Some(u) = &r.user {
@@ -393,19 +397,19 @@ proptest! {
         let line = serde_json::Value::Object(obj).to_string();
         let req = with_ctx(false, |ctx| parse_line(line.as_bytes(), ctx))
             .unwrap_or_else(|rej| panic!("{line} refused: {rej:?}"));
-        prop_assert!(req.json);
+        prop_assert_eq!(req.format, Format::Json);
         prop_assert_eq!(&req.id, &id, "{}", line);
-        prop_assert_eq!(&req.user, &r.user, "{}", line);
+        prop_assert_eq!(req.user, r.user.as_ref().and_then(|u| Name::user(u.as_bytes())), "{}", line);
         prop_assert_eq!(req.op, r.op, "{}", line);
         match (&r.args, &req.args) {
             (GenArgs::None, Args::None) => {}
             (GenArgs::Pi(s, c), Args::Pi { samples, chunks }) => {
                 prop_assert_eq!((s, c), (samples, chunks), "{}", line);
             }
-            (GenArgs::Values(_, values), Args::Values { raw, count }) => {
+            (GenArgs::Values(_, values), Args::Values { span, syntax, count }) => {
                 prop_assert_eq!(*count, values.len(), "{}", line);
-                let RawValues::Json(raw) = raw else { panic!("JSON values expected for {line}") };
-                let parsed = parse_json_values(raw)
+                prop_assert_eq!(*syntax, Syntax::JsonArray, "JSON values expected for {}", line);
+                let parsed = parse_json_values(&line.as_bytes()[span.clone()])
                     .unwrap_or_else(|e| panic!("values of {line} refused: {e}"));
                 prop_assert_eq!(parsed, expected(values), "{}", line);
             }

@@ -14,7 +14,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Rng, abuse_rss_kib, svc_parse_info};
+use common::{Launch, Rng, proc};
 
 const TCP_CLIENTS: usize = 32;
 const UDP_CLIENTS: usize = 8;
@@ -438,8 +438,8 @@ fn soak_many_tcp_and_udp_clients_get_only_their_own_right_answers() {
         .and_then(|s| s.parse::<u64>().ok())
         .filter(|&s| s > 0)
         .unwrap_or(DEFAULT_SECS);
-    let d = Daemon::start("");
-    let pid = d.child.id();
+    let d = Launch::line("").start();
+    let pid = d.pid();
     let drops_before = kernel_udp_drops();
     let start = Instant::now();
     let deadline = start + Duration::from_secs(secs);
@@ -460,11 +460,11 @@ fn soak_many_tcp_and_udp_clients_get_only_their_own_right_answers() {
     // every second until the end.
     let warm_up = Duration::from_secs((secs / 5).clamp(1, 5));
     thread::sleep(warm_up);
-    let rss_start = abuse_rss_kib(pid);
+    let rss_start = proc::rss(pid);
     let mut rss_peak = rss_start;
     while Instant::now() < deadline {
         thread::sleep(Duration::from_secs(1).min(deadline.saturating_duration_since(Instant::now())));
-        rss_peak = rss_peak.max(abuse_rss_kib(pid));
+        rss_peak = rss_peak.max(proc::rss(pid));
     }
     let mut tcp_total = Tally::default();
     for h in tcp {
@@ -474,10 +474,10 @@ fn soak_many_tcp_and_udp_clients_get_only_their_own_right_answers() {
     for h in udp {
         udp_total.add(h.join().expect("udp client"));
     }
-    let rss_end = abuse_rss_kib(pid);
+    let rss_end = proc::rss(pid);
     rss_peak = rss_peak.max(rss_end);
     let kernel_drops = kernel_udp_drops().saturating_sub(drops_before);
-    let info = svc_parse_info(&common::Client::connect(d.tcp).ask("info"));
+    let info = d.info_map();
     let figure = |k: &str| info.get(k).cloned().unwrap_or_else(|| "?".into());
     let elapsed = start.elapsed().as_secs_f64();
     let requests = tcp_total.sent + udp_total.sent;

@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{Client, Daemon};
+use common::{Daemon, Launch, LineClient, parse_users};
 
 /// Every error code of SPEC section 1, in its table's order.
 const CODES: [&str; 11] = [
@@ -101,7 +101,7 @@ fn mixed_request(i: u64) -> (String, Expect) {
 }
 
 /// Reads reply lines until EOF, at most `max` of them (more fails the test).
-fn read_to_eof(c: &mut Client, max: usize) -> Vec<String> {
+fn read_to_eof(c: &mut LineClient, max: usize) -> Vec<String> {
     let mut out = Vec::new();
     while let Some(l) = c.line() {
         out.push(l);
@@ -110,16 +110,10 @@ fn read_to_eof(c: &mut Client, max: usize) -> Vec<String> {
     out
 }
 
-fn timeout(c: &Client, secs: u64) {
-    c.stream
-        .set_read_timeout(Some(Duration::from_secs(secs)))
-        .expect("read timeout");
-}
-
 #[test]
 fn ten_thousand_pipelined_requests_come_back_in_order() {
     const N: u64 = 10_000;
-    let d = Daemon::start("");
+    let d = Launch::line("").start();
     let stream = TcpStream::connect(d.tcp).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -174,12 +168,12 @@ fn ten_thousand_pipelined_requests_come_back_in_order() {
 
 #[test]
 fn hundred_concurrent_clients_each_get_their_own_replies_in_order() {
-    let d = Daemon::start("");
+    let d = Launch::line("").start();
     let addr = d.tcp;
     let threads: Vec<_> = (0..100u64)
         .map(|c| {
             std::thread::spawn(move || {
-                let mut client = Client::connect(addr);
+                let mut client = LineClient::connect(addr);
                 let mut expected = Vec::new();
                 for j in 0..50u64 {
                     // Values unique to this client: a misrouted reply shows.
@@ -206,13 +200,12 @@ fn hundred_concurrent_clients_each_get_their_own_replies_in_order() {
 
 #[test]
 fn a_client_leaving_mid_task_does_not_disturb_others() {
-    let mut d = Daemon::start("");
+    let mut d = Launch::line("").start();
     let addr = d.tcp;
     let normal = std::thread::spawn(move || {
-        let mut c = Client::connect(addr);
-        // One request at a time: without this, Nagle's algorithm and
-        // delayed ACKs make each of the harness's two-write sends wait.
-        c.stream.set_nodelay(true).expect("nodelay");
+        // One request at a time (the client sets TCP_NODELAY: no Nagle
+        // delay between them).
+        let mut c = LineClient::connect(addr);
         for i in 0..200u64 {
             assert_eq!(
                 c.ask(&format!("#n{i} sum {i} {i}")),
@@ -239,16 +232,12 @@ fn a_client_leaving_mid_task_does_not_disturb_others() {
     assert_eq!(c.ask("ping"), "OK pong");
     check_pi(&c.ask("pi 5000000"), None, 5_000_000).unwrap();
     assert_eq!(c.ask("#z max 1 2"), "#z OK 2");
-    assert!(
-        d.child.try_wait().expect("wait").is_none(),
-        "taskd exited: {}",
-        d.stderr()
-    );
+    assert!(d.try_wait().is_none(), "taskd exited: {}", d.stderr());
 }
 
 #[test]
 fn half_close_gets_every_reply_then_eof() {
-    let d = Daemon::start("");
+    let d = Launch::line("").start();
     let mut c = d.connect();
     c.send("#1 pi 100000");
     c.send("#2 sum 1 2 3");
@@ -269,7 +258,7 @@ fn half_close_gets_every_reply_then_eof() {
 
 #[test]
 fn an_unterminated_last_line_is_answered_at_eof() {
-    let d = Daemon::start("");
+    let d = Launch::line("").start();
     let mut c = d.connect();
     c.send_raw(b"ping\n#last max 1 5 3");
     assert_eq!(c.finish(), ["OK pong", "#last OK 5"]);
@@ -280,20 +269,20 @@ fn an_unterminated_last_line_is_answered_at_eof() {
 
 #[test]
 fn quit_says_bye_and_closes_ignoring_the_rest() {
-    let d = Daemon::start("");
+    let d = Launch::line("").start();
     let mut c = d.connect();
-    timeout(&c, 10);
+    c.set_timeout(Duration::from_secs(10));
     c.send_raw(b"#a sum 1 2\n#q quit\n#b ping\nmax 1 2\n");
     // No half-close from this side: the daemon closes by itself.
     let replies = read_to_eof(&mut c, 10);
     assert_eq!(replies, ["#a OK 3", "#q OK bye"]);
     let mut c = d.connect();
-    timeout(&c, 10);
+    c.set_timeout(Duration::from_secs(10));
     c.send("QUIT");
     assert_eq!(read_to_eof(&mut c, 10), ["OK bye"]);
     // JSON quit.
     let mut c = d.connect();
-    timeout(&c, 10);
+    c.set_timeout(Duration::from_secs(10));
     c.send(r#"{"id": 3, "op": "quit"}"#);
     let replies = read_to_eof(&mut c, 10);
     assert_eq!(replies.len(), 1, "{replies:?}");
@@ -303,7 +292,7 @@ fn quit_says_bye_and_closes_ignoring_the_rest() {
 
 #[test]
 fn blank_lines_get_no_reply() {
-    let d = Daemon::start("");
+    let d = Launch::line("").start();
     let mut c = d.connect();
     c.send_raw(b"\n   \n\t\n \t \r\n\r\n#1 ping\n\n  \t\n#2 max 4 2\n   ");
     assert_eq!(c.finish(), ["#1 OK pong", "#2 OK 4"]);
@@ -311,7 +300,7 @@ fn blank_lines_get_no_reply() {
 
 #[test]
 fn crlf_line_endings_are_accepted() {
-    let d = Daemon::start("");
+    let d = Launch::line("").start();
     let mut c = d.connect();
     c.send_raw(b"#1 max 1 2\r\n#2 sum 1,2,3\r\nmedian [4, 1, 3, 2]\r\n{\"id\": 5, \"op\": \"min\", \"values\": [3, 1]}\r\n");
     let replies = c.finish();
@@ -324,7 +313,7 @@ fn crlf_line_endings_are_accepted() {
 
 #[test]
 fn an_over_long_line_gets_too_long_and_the_connection_stays_usable() {
-    let d = Daemon::start("[limits]\nmax_line_bytes = 1024\n");
+    let d = Launch::line("[limits]\nmax_line_bytes = 1024\n").start();
     let long = format!("#big sum {}", "1 ".repeat(1000));
     let mut c = d.connect();
     c.send(&long);
@@ -332,7 +321,6 @@ fn an_over_long_line_gets_too_long_and_the_connection_stays_usable() {
     // A long line sent in small pieces, then another request.
     for chunk in long.as_bytes().chunks(100) {
         c.send_raw(chunk);
-        c.stream.flush().expect("flush");
     }
     c.send_raw(b"\n#after max 1 9\n");
     // Exactly at the limit passes.
@@ -351,7 +339,7 @@ fn an_over_long_line_gets_too_long_and_the_connection_stays_usable() {
 
 #[test]
 fn an_over_long_json_line_gets_a_json_error() {
-    let d = Daemon::start("[limits]\nmax_line_bytes = 1024\n");
+    let d = Launch::line("[limits]\nmax_line_bytes = 1024\n").start();
     let values = vec!["1"; 600].join(",");
     let long = format!(r#"{{"id": 9, "op": "sum", "values": [{values}]}}"#);
     assert!(long.len() > 1024);
@@ -376,7 +364,7 @@ fn an_over_long_json_line_gets_a_json_error() {
 
 #[test]
 fn more_values_than_max_values_is_too_many() {
-    let d = Daemon::start("[limits]\nmax_values = 10\n");
+    let d = Launch::line("[limits]\nmax_values = 10\n").start();
     let ten: Vec<String> = (1..=10).map(|i| i.to_string()).collect();
     let eleven: Vec<String> = (1..=11).map(|i| i.to_string()).collect();
     let replies = d.session(&[
@@ -401,26 +389,24 @@ fn more_values_than_max_values_is_too_many() {
 
 #[test]
 fn an_idle_connection_is_closed() {
-    let d = Daemon::start("[limits]\nidle_timeout_s = 1\n");
+    let d = Launch::line("[limits]\nidle_timeout_s = 1\n").start();
     let mut c = d.connect();
-    timeout(&c, 15);
+    c.set_timeout(Duration::from_secs(15));
     assert_eq!(c.ask("ping"), "OK pong");
     // Then silence: the daemon closes (lingering close, so EOF, not a reset).
     assert_eq!(c.line(), None);
     // Trickling bytes of an unfinished line counts as idle too.
     let mut c = d.connect();
-    c.stream
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("read timeout");
+    c.set_timeout(Duration::from_millis(200));
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut closed = false;
     while !closed && Instant::now() < deadline {
-        if c.stream.write_all(b"1 ").is_err() {
+        if c.stream().write_all(b"1 ").is_err() {
             closed = true;
             break;
         }
         let mut b = [0u8; 64];
-        match std::io::Read::read(&mut c.stream, &mut b) {
+        match std::io::Read::read(&mut c, &mut b) {
             Ok(0) => closed = true,
             Ok(n) => panic!("unexpected reply {:?}", String::from_utf8_lossy(&b[..n])),
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
@@ -432,9 +418,9 @@ fn an_idle_connection_is_closed() {
 
 #[test]
 fn a_connection_with_a_task_in_flight_is_not_idle() {
-    let d = Daemon::start("[limits]\nidle_timeout_s = 1\n");
+    let d = Launch::line("[limits]\nidle_timeout_s = 1\n").start();
     let mut c = d.connect();
-    timeout(&c, 120);
+    c.set_timeout(Duration::from_secs(120));
     // A task that runs well past the idle timeout (seconds, even on a fast
     // machine); the connection must stay open and get its reply.
     c.send("#long pi 150000000 1");
@@ -446,7 +432,7 @@ fn a_connection_with_a_task_in_flight_is_not_idle() {
 
 #[test]
 fn two_inflight_per_connection_still_answers_everything_in_order() {
-    let d = Daemon::start("[limits]\nmax_inflight_per_conn = 2\n");
+    let d = Launch::line("[limits]\nmax_inflight_per_conn = 2\n").start();
     let requests: Vec<String> = (0..200u64)
         .map(|i| match i % 3 {
             0 => format!("#{i} sum {i} {i}"),
@@ -471,21 +457,7 @@ fn two_inflight_per_connection_still_answers_everything_in_order() {
 fn users(d: &Daemon) -> Vec<(String, u64)> {
     let replies = d.session(&["users"]);
     assert_eq!(replies.len(), 1, "{replies:?}");
-    let json = replies[0].strip_prefix("OK ").expect("OK users");
-    let v: serde_json::Value = serde_json::from_str(json).expect("a JSON array");
-    let list: Vec<(String, u64)> = v
-        .as_array()
-        .expect("an array")
-        .iter()
-        .map(|e| {
-            let o = e.as_object().expect("an object");
-            assert_eq!(o.len(), 2, "{e}");
-            (
-                o["username"].as_str().expect("username").to_string(),
-                o["request_count"].as_u64().expect("request_count"),
-            )
-        })
-        .collect();
+    let list = parse_users(&replies[0]);
     let mut sorted = list.clone();
     sorted.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     assert_eq!(list, sorted, "users sorted by the names' bytes");
@@ -494,7 +466,7 @@ fn users(d: &Daemon) -> Vec<(String, u64)> {
 
 #[test]
 fn users_counts_per_user_except_refused_requests() {
-    let d = Daemon::start("");
+    let d = Launch::line("").start();
     let replies = d.session(&[
         "@alice sum 1 2",                                   // ok
         "@alice max",                                       // empty: counts
@@ -535,7 +507,7 @@ fn users_counts_per_user_except_refused_requests() {
 
 #[test]
 fn info_has_every_key_of_the_spec() {
-    let d = Daemon::start("");
+    let d = Launch::line("").start();
     let pre = d.session(&["nosuchop", "max", "sum 1 2"]);
     assert_eq!(pre.len(), 3, "{pre:?}");
     let replies = d.session(&["info"]);
@@ -600,7 +572,7 @@ fn info_has_every_key_of_the_spec() {
 
 #[test]
 fn help_lists_the_operations() {
-    let d = Daemon::start("");
+    let d = Launch::line("").start();
     let replies = d.session(&["help", "HELP", r#"{"op": "help"}"#]);
     assert_eq!(replies.len(), 3, "{replies:?}");
     let body = replies[0].strip_prefix("OK ").expect("OK help");
@@ -618,12 +590,13 @@ fn help_lists_the_operations() {
 
 #[test]
 fn listener_ops_restricts_what_it_serves() {
-    let d = Daemon::start_with(|port| {
+    let d = Launch::config(|port| {
         format!(
             "[[listener]]\nproto = \"tcp\"\naddress = \"127.0.0.1:{port}\"\nops = [\"max\"]\n\n\
              [[listener]]\nproto = \"udp\"\naddress = \"127.0.0.1:{port}\"\n"
         )
-    });
+    })
+    .start();
     let replies = d.session(&[
         "max 1 2",
         "sum 1 2",
@@ -644,7 +617,7 @@ fn listener_ops_restricts_what_it_serves() {
 
 #[test]
 fn a_disabled_operation_is_denied() {
-    let d = Daemon::start("[ops.median]\nenabled = false\n");
+    let d = Launch::line("[ops.median]\nenabled = false\n").start();
     let replies = d.session(&[
         "median 1 2 3",
         "#m MEDIAN 1 2",

@@ -10,12 +10,10 @@ use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use common::Daemon;
+use common::{LOCALHOST, Launch, udp_socket};
 
 fn socket(timeout: Duration) -> UdpSocket {
-    let s = UdpSocket::bind("127.0.0.1:0").expect("udp client");
-    s.set_read_timeout(Some(timeout)).expect("timeout");
-    s
+    udp_socket(LOCALHOST, timeout)
 }
 
 /// The next datagram, or None when nothing came within the read timeout.
@@ -42,7 +40,7 @@ fn reply(s: &UdpSocket, daemon: SocketAddr) -> String {
 
 #[test]
 fn lines_of_one_datagram_get_one_reply_each_in_order() {
-    let d = Daemon::start("");
+    let d = Launch::line("").start();
     let s = socket(Duration::from_secs(10));
     let datagram = "#a max 1 2\n#b min 1 2\n\n   \n#c sum 1 2 3\r\n#d ping\n#e nosuchop\n\
                     stats 7 8 54 89\n#g pi 1000 1\n{\"id\": \"h\", \"op\": \"mean\", \"values\": [1, 2]}\n#i max 4 9";
@@ -66,7 +64,7 @@ fn lines_of_one_datagram_get_one_reply_each_in_order() {
 
 #[test]
 fn a_datagram_with_only_blank_lines_gets_no_reply() {
-    let d = Daemon::start("");
+    let d = Launch::line("").start();
     let s = socket(Duration::from_secs(10));
     s.send_to(b"\n  \n\t\n", d.udp).expect("send");
     s.send_to(b"#after ping", d.udp).expect("send");
@@ -75,7 +73,7 @@ fn a_datagram_with_only_blank_lines_gets_no_reply() {
 
 #[test]
 fn more_than_64_lines_get_exactly_64_replies() {
-    let d = Daemon::start("");
+    let d = Launch::line("").start();
     let s = socket(Duration::from_secs(10));
     let mut datagram = String::new();
     for i in 0..70 {
@@ -105,7 +103,7 @@ fn more_than_64_lines_get_exactly_64_replies() {
 
 #[test]
 fn stream_only_operations_are_tcp_only() {
-    let d = Daemon::start("");
+    let d = Launch::line("").start();
     for op in ["users", "info", "help", "quit", "USERS"] {
         let got = d.udp(op);
         assert!(got.starts_with("ERR tcp-only "), "{op}: {got:?}");
@@ -125,7 +123,7 @@ fn stream_only_operations_are_tcp_only() {
 
 #[test]
 fn pi_over_udp_is_limited_by_udp_max_samples() {
-    let d = Daemon::start("[ops.pi]\nudp_max_samples = 1000\n");
+    let d = Launch::line("[ops.pi]\nudp_max_samples = 1000\n").start();
     let got = d.udp("#p pi 1001");
     assert!(got.starts_with("#p ERR range "), "{got:?}");
     assert!(d.udp("pi 5000 2").starts_with("ERR range "));
@@ -148,7 +146,7 @@ fn concurrent_sockets_get_only_their_own_replies() {
     const SOCKETS: u64 = 20;
     const EACH: u64 = 100;
     const WINDOW: u64 = 10;
-    let d = Daemon::start("");
+    let d = Launch::line("").start();
     let daemon = d.udp;
     let threads: Vec<_> = (0..SOCKETS)
         .map(|t| {
@@ -207,12 +205,13 @@ fn concurrent_sockets_get_only_their_own_replies() {
 
 #[test]
 fn a_wildcard_listener_replies_from_the_address_it_was_asked_on() {
-    let d = Daemon::start_with(|port| {
+    let d = Launch::config(|port| {
         format!(
             "[[listener]]\nproto = \"tcp\"\naddress = \"127.0.0.1:{port}\"\n\n\
              [[listener]]\nproto = \"udp\"\naddress = \"0.0.0.0:{port}\"\n"
         )
-    });
+    })
+    .start();
     for dst in ["127.0.0.1", "127.0.0.2", "127.0.0.3"] {
         let s = UdpSocket::bind("127.0.0.1:0").expect("client socket");
         s.set_read_timeout(Some(Duration::from_secs(10)))

@@ -1,16 +1,16 @@
 //! The cases of the benchmark. Each runs taskd and its baseline once
 //! (one round) and returns one (taskd, baseline) pair per table row.
 
-use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
-use std::os::fd::FromRawFd;
+use std::io::{self, Read};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::affinity;
 use crate::inproc;
 use crate::load::{self, LoadResult, LoadSpec, Req, Transport};
-use crate::server::{ServerProc, Subject, read_line};
+use crate::server::{ServerProc, Subject};
+use testkit::LineClient;
 
 mod kernels;
 
@@ -396,25 +396,26 @@ fn network(ctx: &Ctx, round: usize, transport: Transport, pipeline: usize) -> Ca
     Ok(out)
 }
 
-/// A blocking request/reply connection.
+/// A blocking request/reply connection: the shared line client, timed.
 struct Client {
-    stream: TcpStream,
+    line: LineClient,
 }
 
 impl Client {
     fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Client> {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(timeout))?;
-        Ok(Client { stream })
+        Ok(Client {
+            line: LineClient::try_connect(addr, timeout)?,
+        })
     }
 
     /// Sends `line` (which ends in a newline) and returns the reply line
     /// and the time from the first byte sent to the reply read.
     fn ask(&mut self, line: &[u8]) -> io::Result<(String, Duration)> {
         let t = Instant::now();
-        self.stream.write_all(line)?;
-        let reply = read_line(&mut self.stream)?;
+        self.line.try_send_raw(line)?;
+        let reply = self.line.try_line()?.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before a reply")
+        })?;
         Ok((reply, t.elapsed()))
     }
 }
@@ -571,44 +572,6 @@ fn pi(ctx: &Ctx, round: usize) -> CaseResult {
     Ok(out)
 }
 
-/// A blocking TCP connection from `src` (any port) to `dst`.
-fn connect_from(src: Ipv4Addr, dst: SocketAddrV4) -> io::Result<TcpStream> {
-    fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
-        libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: a.port().to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(*a.ip()).to_be(),
-            },
-            sin_zero: [0; 8],
-        }
-    }
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: plain socket calls on a descriptor we own; the TcpStream takes
-    // ownership right away, so every path closes it.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let stream = TcpStream::from_raw_fd(fd);
-        let local = sockaddr(SocketAddrV4::new(src, 0));
-        if libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let remote = sockaddr(dst);
-        loop {
-            if libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) == 0 {
-                return Ok(stream);
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-    }
-}
-
 /// Bytes of resident memory per idle connection of one server.
 fn idle_bytes(s: &mut ServerProc, out: &mut CaseOut) -> Result<f64, String> {
     let SocketAddr::V4(dst) = s.addr else {
@@ -621,7 +584,8 @@ fn idle_bytes(s: &mut ServerProc, out: &mut CaseOut) -> Result<f64, String> {
     for i in 0..IDLE_CONNECTIONS {
         // 127.0.0.2, .3, …: taskd's default allows 1000 connections per IP.
         let src = Ipv4Addr::new(127, 0, 0, 2 + (i / IDLE_PER_SOURCE) as u8);
-        let c = connect_from(src, dst).map_err(|e| format!("{}: idle connection {i}: {e}", s.name))?;
+        let c = testkit::connect_from(src.into(), dst.into())
+            .map_err(|e| format!("{}: idle connection {i}: {e}", s.name))?;
         conns.push(c);
     }
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -168,7 +168,7 @@ fn run_load(a: LoadArgs) -> Result<bool, String> {
             .map(|(i, r)| load::Req::new(r, a.expects.get(i).map_or("OK", String::as_str)))
             .collect()
     };
-    affinity::raise_nofile();
+    testkit::process::raise_nofile();
     let spec = load::LoadSpec {
         addr: a.addr,
         transport: if a.udp {
@@ -258,7 +258,7 @@ fn run_suite(cli: Cli) -> Result<bool, String> {
         }
         warn_if_stale(&taskd_bin);
     }
-    let nofile = affinity::raise_nofile();
+    let nofile = testkit::process::raise_nofile();
     if selected.contains(&Case::Idle) && nofile < cases::IDLE_CONNECTIONS as u64 + 256 {
         return Err(format!(
             "the open files limit is {nofile}: the idle case needs {} descriptors",

@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -43,18 +43,6 @@ impl Drop for TempDir {
     }
 }
 
-/// A loopback port free for both TCP and UDP right now.
-pub fn free_port() -> io::Result<u16> {
-    for _ in 0..100 {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let port = tcp.local_addr()?.port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    Err(io::Error::other("no loopback port free for both TCP and UDP"))
-}
-
 /// What to start.
 pub enum Subject<'a> {
     /// The taskd binary, with its default configuration except for the
@@ -78,7 +66,7 @@ impl ServerProc {
     /// it accepts TCP connections.
     pub fn start(subject: &Subject, cpus: Option<&str>) -> io::Result<ServerProc> {
         let dir = TempDir::new("server")?;
-        let port = free_port()?;
+        let port = testkit::free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let (program, args, name): (PathBuf, Vec<String>, &'static str) = match subject {
             Subject::Taskd { bin } => {
@@ -206,12 +194,12 @@ impl ServerProc {
 
     /// Resident memory (VmRSS) in bytes.
     pub fn rss_bytes(&self) -> io::Result<u64> {
-        rss_of(self.pid())
+        Ok(testkit::process::rss_kib(self.pid())? * 1024)
     }
 
     /// Open descriptors of the server.
     pub fn fd_count(&self) -> io::Result<usize> {
-        Ok(std::fs::read_dir(format!("/proc/{}/fd", self.pid()))?.count())
+        testkit::process::fd_count(self.pid())
     }
 }
 
@@ -219,54 +207,5 @@ impl Drop for ServerProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// VmRSS of a process, in bytes.
-pub fn rss_of(pid: u32) -> io::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    parse_vmrss(&status).ok_or_else(|| io::Error::other(format!("no VmRSS in /proc/{pid}/status")))
-}
-
-fn parse_vmrss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
-/// Reads up to and without the next newline.
-pub fn read_line(s: &mut TcpStream) -> io::Result<String> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = s.read(&mut buf)?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "connection closed before a reply",
-            ));
-        }
-        out.extend_from_slice(&buf[..n]);
-        if let Some(nl) = out.iter().position(|&b| b == b'\n') {
-            out.truncate(nl);
-            return Ok(String::from_utf8_lossy(&out).into_owned());
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn vmrss_is_read_in_bytes() {
-        let status = "Name:\ttaskd\nVmPeak:\t  100 kB\nVmRSS:\t    2048 kB\nThreads:\t3\n";
-        assert_eq!(parse_vmrss(status), Some(2048 * 1024));
-        assert_eq!(parse_vmrss("Name: x\n"), None);
-    }
-
-    #[test]
-    fn own_rss_is_positive() {
-        assert!(rss_of(std::process::id()).unwrap() > 0);
     }
 }

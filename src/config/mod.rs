@@ -138,8 +138,11 @@ pub const EMBEDDED_DEFAULT: &str = r#"# taskd configuration; see taskd.toml(5).
 #
 # Every *.toml file in conf.d/ beside this file is merged in, in lexical
 # order: tables merge key by key (the later file wins), [[listener]] tables
-# append. Keys left out take the defaults shown commented out below.
-# `taskd --check-config` prints the effective configuration.
+# append. Keys left out take the defaults shown commented out below, except
+# the listeners at the end, which have none: a configuration without a
+# [[listener]] table (or servers_csv) is refused, so an empty file is an
+# error, not the embedded default. `taskd --check-config` prints the
+# effective configuration.
 
 [server]
 #workers = 0                  # 0 = one per CPU; at most 1024
@@ -254,7 +257,7 @@ impl fmt::Display for Proto {
     }
 }
 
-/// The long-term scheduler's policy (SPEC section 3), defined with the
+/// The long-term scheduler's policy (taskd.toml(5), `[scheduler]`), defined with the
 /// scheduler itself.
 pub use crate::sched::Policy;
 
@@ -272,6 +275,22 @@ pub struct Config {
     pub ops: Vec<OpConfig>,
     /// `[[listener]]` tables in file order, then servers.csv rows.
     pub listeners: Vec<ListenerConfig>,
+    /// The folders relative paths were resolved against.
+    pub resolved_against: ResolvedAgainst,
+}
+
+/// The folders relative paths were resolved against, so that
+/// `--check-config` can say whether it saw the service's environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedAgainst {
+    /// The main file's folder (the current directory for the embedded
+    /// default): the base of `servers_csv`, `cert`, `key`, `client_ca`, and
+    /// of the two below when their variable is not set.
+    pub main_dir: PathBuf,
+    /// `$STATE_DIRECTORY` when it was set: the base of `state_dir`.
+    pub state_directory: Option<PathBuf>,
+    /// `$LOGS_DIRECTORY` when it was set: the base of `results_log.path`.
+    pub logs_directory: Option<PathBuf>,
 }
 
 /// `[server]`.
@@ -392,12 +411,15 @@ pub struct ListenerConfig {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub client_ca: Option<PathBuf>,
+    /// Mutual TLS: whether `@user` may name someone other than the client
+    /// certificate.
+    pub allow_user_override: bool,
     /// Where it was defined: `"path:line"`, `"path:line (servers.csv)"` or
     /// `"embedded default"`.
     pub origin: String,
 }
 
-/// What identifies a listener across reloads (SPEC section 5).
+/// What identifies a listener across reloads (taskd(8), SIGNALS).
 pub fn listener_key(l: &ListenerConfig) -> (Proto, SocketAddr) {
     (l.proto, l.address)
 }

@@ -1,4 +1,4 @@
-//! Where relative paths point (SPEC section 4, "Paths").
+//! Where relative paths point (taskd.toml(5), "PATHS").
 //!
 //! `state_dir` and `results_log.path` follow systemd's `StateDirectory=` and
 //! `LogsDirectory=` when the unit provides them, because under
@@ -19,6 +19,9 @@ pub(super) struct Bases {
     pub state: PathBuf,
     /// `$LOGS_DIRECTORY`, else `main_dir`.
     pub logs: PathBuf,
+    /// Whether `state` and `logs` came from the environment.
+    pub state_from_env: bool,
+    pub logs_from_env: bool,
 }
 
 impl Bases {
@@ -29,12 +32,14 @@ impl Bases {
             // it is loaded from; "." only if the cwd itself is gone.
             None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
         };
-        let state = env_dir(env, "STATE_DIRECTORY").unwrap_or_else(|| main_dir.clone());
-        let logs = env_dir(env, "LOGS_DIRECTORY").unwrap_or_else(|| main_dir.clone());
+        let state = env_dir(env, "STATE_DIRECTORY");
+        let logs = env_dir(env, "LOGS_DIRECTORY");
         Bases {
+            state_from_env: state.is_some(),
+            logs_from_env: logs.is_some(),
+            state: state.unwrap_or_else(|| main_dir.clone()),
+            logs: logs.unwrap_or_else(|| main_dir.clone()),
             main_dir,
-            state,
-            logs,
         }
     }
 }
@@ -62,5 +67,16 @@ pub(super) fn resolve(base: &Path, p: &str) -> PathBuf {
         base.to_path_buf()
     } else {
         out
+    }
+}
+
+impl Bases {
+    /// What `--check-config` says about them.
+    pub fn resolved_against(&self) -> super::ResolvedAgainst {
+        super::ResolvedAgainst {
+            main_dir: self.main_dir.clone(),
+            state_directory: self.state_from_env.then(|| self.state.clone()),
+            logs_directory: self.logs_from_env.then(|| self.logs.clone()),
+        }
     }
 }

@@ -91,4 +91,5 @@ pub(super) struct RawListener {
     pub cert: Opt<String>,
     pub key: Opt<String>,
     pub client_ca: Opt<String>,
+    pub allow_user_override: Opt<bool>,
 }

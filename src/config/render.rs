@@ -31,6 +31,7 @@ fn write_config(o: &mut String, cfg: &Config) -> std::fmt::Result {
             writeln!(o, "#   {}", s.display())?;
         }
     }
+    write_bases(o, cfg)?;
 
     let s = &cfg.server;
     writeln!(o, "\n[server]")?;
@@ -116,6 +117,38 @@ fn write_config(o: &mut String, cfg: &Config) -> std::fmt::Result {
     Ok(())
 }
 
+/// Which folders relative paths were resolved against: run by hand, the
+/// paths differ from the service's, whose unit sets `$STATE_DIRECTORY` and
+/// `$LOGS_DIRECTORY`.
+fn write_bases(o: &mut String, cfg: &Config) -> std::fmt::Result {
+    let r = &cfg.resolved_against;
+    let main = r.main_dir.display();
+    writeln!(o, "# Relative paths resolved against:")?;
+    for (key, var, value) in [
+        ("state_dir", "STATE_DIRECTORY", &r.state_directory),
+        ("results_log.path", "LOGS_DIRECTORY", &r.logs_directory),
+    ] {
+        match value {
+            Some(d) => writeln!(o, "#   {key}: ${var} = {}", d.display())?,
+            None => writeln!(
+                o,
+                "#   {key}: ${var} not set, so the configuration's folder {main}"
+            )?,
+        }
+    }
+    writeln!(
+        o,
+        "#   servers_csv, cert, key, client_ca: the configuration's folder {main}"
+    )?;
+    if r.state_directory.is_none() || r.logs_directory.is_none() {
+        writeln!(
+            o,
+            "# (taskd.service sets $STATE_DIRECTORY=/var/lib/taskd and $LOGS_DIRECTORY=/var/log/taskd.)"
+        )?;
+    }
+    Ok(())
+}
+
 fn write_listener(o: &mut String, cfg: &Config, l: &ListenerConfig) -> std::fmt::Result {
     writeln!(o, "[[listener]]")?;
     writeln!(o, "proto = {}", quote(l.proto.as_str()))?;
@@ -163,6 +196,9 @@ fn write_listener(o: &mut String, cfg: &Config, l: &ListenerConfig) -> std::fmt:
     }
     if l.proto.is_tls() && l.client_ca.is_none() {
         writeln!(o, "# client_ca: not set, no client certificates asked for")?;
+    }
+    if l.proto.is_tls() {
+        writeln!(o, "allow_user_override = {}", l.allow_user_override)?;
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! The seed's server list as a listener source (SPEC section 4,
-//! "servers.csv").
+//! The seed's server list as a listener source (taskd.toml(5),
+//! `servers_csv`).
 //!
 //! One csv is shared by every host of a deployment; each host serves only its
 //! own rows. "Its own" is decided by binding the row's address with port 0
@@ -93,6 +93,7 @@ pub(super) fn import(
                 cert: None,
                 key: None,
                 client_ca: None,
+                allow_user_override: false,
                 origin: format!("{at}{ORIGIN_SUFFIX}"),
             });
         }
@@ -101,14 +102,30 @@ pub(super) fn import(
         return Err(errors);
     }
     if listeners.is_empty() {
-        let which = if self_ip.is_empty() {
-            "no row's address is on this host"
-        } else {
-            "no row's address is in server.self_ip"
+        let message = match (rows, self_ip.is_empty()) {
+            (0, _) => "no row to serve: the file has no ip,port row (only blank lines, comments or a header)"
+                .to_string(),
+            (n, true) => format!(
+                "no row served: the address of none of its {} is on this host",
+                plural(n)
+            ),
+            (n, false) => format!(
+                "no row served: none of its {} has an address in server.self_ip",
+                plural(n)
+            ),
         };
-        return Err(vec![format!("{name}: no row served ({rows} rows; {which})")]);
+        return Err(vec![format!("{name}: {message}")]);
     }
     Ok(listeners)
+}
+
+/// "1 row", "3 rows".
+fn plural(n: usize) -> String {
+    if n == 1 {
+        "1 row".to_string()
+    } else {
+        format!("{n} rows")
+    }
 }
 
 type Row = (IpAddr, u16, &'static [Proto]);

@@ -794,6 +794,11 @@ fn same(a: &Config, b: &Config) {
     let strip = |c: &Config| {
         let mut c = c.clone();
         c.sources.clear();
+        c.resolved_against = ResolvedAgainst {
+            main_dir: PathBuf::new(),
+            state_directory: None,
+            logs_directory: None,
+        };
         c.listeners.iter_mut().for_each(|l| l.origin.clear());
         c
     };
@@ -847,4 +852,79 @@ fn op_limit_falls_back_to_the_spec_default() {
     cfg.ops.clear();
     assert_eq!(cfg.op_limit(pi(), "udp_max_samples"), 10_000_000);
     assert!(!cfg.op_enabled(pi()));
+}
+
+#[test]
+fn an_empty_configuration_says_listeners_have_no_default() {
+    for text in ["", "\n", "# only a comment\n\n"] {
+        let errs = errors(text);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_has(
+            &errs,
+            &[
+                "taskd.toml: the configuration is empty",
+                "every key has a default except the listeners",
+                "[[listener]]",
+            ],
+        );
+    }
+    // Not empty, still no listener: the usual words, with the same advice.
+    assert_has(
+        &errors("[limits]\nmax_values = 10\n"),
+        &[
+            "no listener configured",
+            "every key has a default except the listeners",
+        ],
+    );
+}
+
+#[test]
+fn servers_csv_without_rows_says_so() {
+    let (dir, r) = load_csv("# nothing yet\nip,port,proto\n", "");
+    let name = dir.path().join("servers.csv").display().to_string();
+    let e = r.unwrap_err();
+    assert_has(
+        &e.messages,
+        &[&name, "no row to serve: the file has no ip,port row"],
+    );
+    assert!(!e.to_string().contains("0 rows"), "{e}");
+    let (_dir, r) = load_csv("192.0.2.1,7700\n", "");
+    assert_has(
+        &r.unwrap_err().messages,
+        &["the address of none of its 1 row is on this host"],
+    );
+    let (_dir, r) = load_csv("192.0.2.1,7700\n198.51.100.1,7700\n", "");
+    assert_has(&r.unwrap_err().messages, &["none of its 2 rows"]);
+}
+
+#[test]
+fn render_says_which_environment_paths_were_resolved_against() {
+    let (dir, cfg) = ok(TCP);
+    let text = render(&cfg);
+    let d = dir.path().display().to_string();
+    assert!(
+        text.contains(&format!(
+            "#   state_dir: $STATE_DIRECTORY not set, so the configuration's folder {d}"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("taskd.service sets $STATE_DIRECTORY"), "{text}");
+
+    let main = write(dir.path(), "taskd.toml", TCP);
+    let env = |k: &str| match k {
+        "STATE_DIRECTORY" => Some(OsString::from("/var/lib/taskd")),
+        "LOGS_DIRECTORY" => Some(OsString::from("/var/log/taskd")),
+        _ => None,
+    };
+    let text = render(&load(Some(&main), &env).unwrap());
+    assert!(
+        text.contains("#   state_dir: $STATE_DIRECTORY = /var/lib/taskd"),
+        "{text}"
+    );
+    assert!(
+        text.contains("#   results_log.path: $LOGS_DIRECTORY = /var/log/taskd"),
+        "{text}"
+    );
+    assert!(!text.contains("taskd.service sets"), "{text}");
+    assert!(text.contains("path = \"/var/log/taskd/results.log\""), "{text}");
 }

@@ -126,7 +126,7 @@ pub(super) fn validate(
         MAX_SHUTDOWN_TIMEOUT_S,
     );
     if drain_delay > shutdown_timeout {
-        // The drain delay counts inside the shutdown timeout (SPEC section 5):
+        // The drain delay counts inside the shutdown timeout (taskd(8), SIGNALS):
         // a longer delay would answer every queued task `shutting-down`.
         if let Some(span) = s
             .drain_delay_s
@@ -343,16 +343,7 @@ pub(super) fn validate(
     }
     check_listener_set(&mut c, &listeners);
     if listeners.is_empty() && c.errors.is_empty() && !had_errors {
-        let name = src
-            .loaded()
-            .first()
-            .map_or_else(|| "embedded default".to_string(), |p| p.display().to_string());
-        c.errors.push((
-            NOWHERE,
-            format!(
-                "{name}: no listener configured: add a [[listener]] table or set `servers_csv` in [server]"
-            ),
-        ));
+        c.errors.push((NOWHERE, no_listener(src)));
     }
 
     if !c.errors.is_empty() {
@@ -374,6 +365,7 @@ pub(super) fn validate(
         metrics,
         ops,
         listeners,
+        resolved_against: bases.resolved_against(),
     })
 }
 
@@ -570,6 +562,12 @@ fn listener(c: &mut Checker<'_>, raw: &Spanned<RawListener>, bases: &Bases) -> O
                     );
                 }
             }
+            if let Some(v) = &l.allow_user_override {
+                c.err(
+                    &v.span(),
+                    format!("`allow_user_override` in {t} is for tls and https listeners only, not {p}"),
+                );
+            }
         }
     }
     if c.errors.len() > before {
@@ -585,6 +583,7 @@ fn listener(c: &mut Checker<'_>, raw: &Spanned<RawListener>, bases: &Bases) -> O
         cert,
         key,
         client_ca,
+        allow_user_override: bool_or(&l.allow_user_override, false),
         origin: c.src.origin(&at),
     })
 }
@@ -633,4 +632,30 @@ fn check_listener_set(c: &mut Checker<'_>, listeners: &[ListenerConfig]) {
             }
         }
     }
+}
+
+/// The error for a configuration without listeners. Every other key has a
+/// default, listeners have none (taskd.toml(5)): a configuration must say
+/// where to serve. An empty main file gets its own words, since "keys left
+/// out take their defaults" would suggest it means the embedded default.
+fn no_listener(src: &Sources) -> String {
+    let Some(main) = src.loaded().into_iter().next() else {
+        return "embedded default: no listener configured".to_string();
+    };
+    let empty = src.files.iter().all(|f| {
+        f.text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    });
+    let what = if empty {
+        "the configuration is empty (no key set, in it or in conf.d)"
+    } else {
+        "no listener configured"
+    };
+    format!(
+        "{}: {what}: every key has a default except the listeners; add a [[listener]] table \
+         (the embedded default's are in the packaged /etc/taskd/taskd.toml and conf/taskd.toml) \
+         or set `servers_csv` in [server]",
+        main.display()
+    )
 }

@@ -8,22 +8,76 @@
 //! atomic replacement of users.json and the handling of write failures all
 //! happen on the writer thread, where a slow or failing disk costs nothing but
 //! a counter and a rate-limited warning.
+//!
+//! Nothing a writable folder can hold makes that thread hang (see `open.rs`:
+//! links are not followed, FIFOs and devices refused without blocking). A
+//! disk that stops answering can still block a `write` or `fsync` in the
+//! kernel, where no thread can be interrupted; so shutdown waits for the
+//! thread's last flush only [`FLUSH_TIMEOUT`], then leaves without it.
 
+mod open;
 mod rotate;
 mod users_file;
 mod writer;
 
 use std::fmt;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 pub use users_file::{load_users, users_json};
 
 use crate::ratelimit::RateLimited;
+
+/// What can be known about the files without opening them for writing,
+/// for `taskd --check-config` (as `nginx -t` opens its logs): the results
+/// log's folder exists and is writable, an existing log is a regular file
+/// it may append to; `state_dir` (or, when it does not exist yet, the
+/// folder it would be created in) is writable, and an existing users.json is
+/// a regular file. One message per problem, each naming the path.
+pub fn check_paths(results_log: Option<&Path>, state_dir: &Path) -> Vec<String> {
+    let mut errors = Vec::new();
+    if let Some(log) = results_log {
+        let dir = parent(log);
+        if let Err(e) = open::check_writable_dir(dir) {
+            errors.push(format!("results log {}: {e}", log.display()));
+        } else if let Err(e) =
+            open::check_regular_or_absent(log).and_then(|()| match open::access(log, libc::W_OK) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            })
+        {
+            errors.push(format!("results log {}: {e}", log.display()));
+        }
+    }
+    // users.json is written into state_dir, created (with its parents) if
+    // missing: the nearest folder that exists must take it.
+    let existing = state_dir
+        .ancestors()
+        .find(|d| std::fs::symlink_metadata(d).is_ok())
+        .unwrap_or(state_dir);
+    if let Err(e) = open::check_writable_dir(existing) {
+        errors.push(format!("state_dir {}: {e}", state_dir.display()));
+    } else if existing == state_dir {
+        let users = state_dir.join("users.json");
+        if let Err(e) = open::check_regular_or_absent(&users) {
+            errors.push(format!("{}: {e}", users.display()));
+        }
+    }
+    errors
+}
+
+/// The folder of a file path ("." for a bare name).
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
 
 /// Where and how the results log is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,11 +95,20 @@ pub struct LogSettings {
 /// turn into unbounded memory growth in the daemon.
 const MAX_QUEUED_BYTES: usize = 64 << 20;
 
+/// How long shutdown waits for the writer thread's last flush of the
+/// results log and users.json. Past it the daemon exits anyway (logging
+/// that the files may lack their last lines): a hung disk must not turn a
+/// stop into systemd's SIGKILL at `TimeoutStopSec=`.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
 enum Msg {
     Lines(Vec<u8>),
-    Users(Vec<(String, u64)>),
+    Users(Vec<(std::sync::Arc<str>, u64)>),
     Reopen(LogSettings),
     Shutdown,
+    /// Tests: the thread sleeps, as if stuck in a write.
+    #[cfg(test)]
+    Stall(Duration),
 }
 
 /// State both sides read without locking.
@@ -62,7 +125,8 @@ impl Shared {
     }
 }
 
-/// Handle held by the event loop. Cheap, never blocks (except `shutdown`, which joins the thread).
+/// Handle held by the event loop. Cheap, never blocks (except `shutdown`,
+/// which waits for the thread at most [`FLUSH_TIMEOUT`]).
 pub struct FileWriter {
     buf: Vec<u8>,
     tx: mpsc::Sender<Msg>,
@@ -70,6 +134,9 @@ pub struct FileWriter {
     spare: mpsc::Receiver<Vec<u8>>,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    /// Disconnected when the thread has ended (its sender is dropped then,
+    /// also on a panic): what shutdown waits on, with a timeout.
+    done: mpsc::Receiver<()>,
     /// For batches dropped on this side (queue full, thread gone).
     warn: RateLimited,
 }
@@ -96,15 +163,21 @@ impl FileWriter {
         let (tx, rx) = mpsc::channel();
         let (spare_tx, spare) = mpsc::channel();
         let writer = writer::Writer::new(log, users_path, Arc::clone(&shared), spare_tx);
+        let (done_tx, done) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("taskd-files".to_owned())
-            .spawn(move || writer.run(rx))?;
+            .spawn(move || {
+                // Dropped when run returns or unwinds: the end the handle waits for.
+                let _done = done_tx;
+                writer.run(rx);
+            })?;
         Ok(FileWriter {
             buf: Vec::new(),
             tx,
             spare,
             shared,
             thread: Some(thread),
+            done,
             warn: RateLimited::new("results log", log::Level::Warn, writer::WARN_INTERVAL),
         })
     }
@@ -150,7 +223,7 @@ impl FileWriter {
 
     /// A new users.json snapshot to write atomically (the loop calls this at
     /// most once a second when counts changed, and at shutdown).
-    pub fn save_users(&mut self, users: Vec<(String, u64)>) {
+    pub fn save_users(&mut self, users: Vec<(std::sync::Arc<str>, u64)>) {
         if self.tx.send(Msg::Users(users)).is_err() {
             self.thread_gone();
         }
@@ -170,22 +243,41 @@ impl FileWriter {
         self.shared.write_errors.load(Ordering::Relaxed)
     }
 
-    /// Flushes everything (log lines and the last users snapshot), stops and joins the thread.
+    /// Flushes everything (log lines and the last users snapshot), stops and
+    /// joins the thread; gives up waiting after [`FLUSH_TIMEOUT`].
     pub fn shutdown(mut self) {
-        self.finish();
+        self.finish(FLUSH_TIMEOUT);
     }
 
-    fn finish(&mut self) {
+    fn finish(&mut self, timeout: Duration) {
         self.send();
-        if let Some(thread) = self.thread.take() {
-            // A send error means the thread already ended; join reports why.
-            let _ = self.tx.send(Msg::Shutdown);
-            if thread.join().is_err() {
-                log::error!(
-                    "the file writer thread panicked: the results log or users.json may be incomplete"
-                );
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        // A send error means the thread already ended; join reports why.
+        let _ = self.tx.send(Msg::Shutdown);
+        match self.done.recv_timeout(timeout) {
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                if thread.join().is_err() {
+                    log::error!(
+                        "the file writer thread panicked: the results log or users.json may be incomplete"
+                    );
+                }
             }
+            // Never sent on, so only a timeout is left: the thread is stuck
+            // in a write or fsync. It is left behind (detached) and ends with
+            // the process.
+            Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => log::error!(
+                "the file writer did not finish within {} s (a disk that does not answer?); \
+                 exiting without it: the results log and users.json may lack their last changes",
+                timeout.as_secs()
+            ),
         }
+    }
+
+    #[cfg(test)]
+    fn stall(&mut self, d: Duration) {
+        let _ = self.tx.send(Msg::Stall(d));
     }
 
     fn thread_gone(&mut self) {
@@ -199,7 +291,7 @@ impl Drop for FileWriter {
     /// Dropping without `shutdown` (an early return or a panic unwinding the
     /// loop) still flushes what was handed over.
     fn drop(&mut self) {
-        self.finish();
+        self.finish(FLUSH_TIMEOUT);
     }
 }
 

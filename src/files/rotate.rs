@@ -19,13 +19,11 @@ pub(super) fn numbered(path: &Path, n: u32) -> PathBuf {
 /// The caller has closed the log and opens a fresh one afterwards.
 pub(super) fn rotate(path: &Path, keep: u32) -> io::Result<()> {
     if keep == 0 {
-        OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .create(true)
-            .mode(0o640)
-            .open(path)?;
-        return Ok(());
+        // Not O_TRUNC at open: only once the file is known to be a regular
+        // file (not through a link) is it emptied.
+        let mut opts = OpenOptions::new();
+        opts.write(true).create(true).mode(0o640);
+        return super::open::open_regular(path, &opts)?.set_len(0);
     }
     for n in (1..keep).rev() {
         match fs::rename(numbered(path, n), numbered(path, n + 1)) {

@@ -187,35 +187,173 @@ fn reopen_after_logrotate_renamed_the_file() {
     assert_eq!(lines(&log), ["new1"]);
 }
 
+/// A FIFO at `path`.
+fn mkfifo(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+}
+
+/// Runs `f` on another thread and fails if it takes over 5 s: what these
+/// tests check is that nothing blocks.
+fn within_5s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("blocked for more than 5 s")
+}
+
 #[test]
-fn dev_full_counts_errors_and_keeps_going() {
+fn a_device_fifo_or_link_as_the_log_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let mut w = FileWriter::start(
-        settings(Path::new("/dev/full"), 100, 2),
-        dir.path().join("users.json"),
-    )
-    .unwrap();
-    w.buffer().extend_from_slice(b"{\"a\":1}\n");
-    w.send();
-    assert!(eventually(|| w.write_errors() > 0));
-    let before = w.write_errors();
-    for _ in 0..5 {
-        w.buffer().extend_from_slice(&line(1).repeat(2300).into_bytes());
-        w.send();
-    }
+    let users = dir.path().join("users.json");
+    let err = FileWriter::start(settings(Path::new("/dev/full"), 100, 2), users.clone()).unwrap_err();
     assert!(
-        eventually(|| w.write_errors() > before),
-        "later batches are tried again"
+        err.to_string()
+            .contains("/dev/full: is a character device, not a regular file"),
+        "{err}"
     );
-    // users.json is unaffected by the log's failures.
-    w.save_users(vec![("alice".to_owned(), 2)]);
+
+    let fifo = dir.path().join("fifo.log");
+    mkfifo(&fifo);
+    let (f, u) = (fifo.clone(), users.clone());
+    let err = within_5s(move || FileWriter::start(settings(&f, 0, 5), u).unwrap_err());
+    assert!(err.to_string().contains("is a FIFO, not a regular file"), "{err}");
+
+    let victim = dir.path().join("victim");
+    fs::write(&victim, "keep\n").unwrap();
+    let link = dir.path().join("link.log");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let err = FileWriter::start(settings(&link, 0, 5), users).unwrap_err();
+    assert!(err.to_string().contains("is a symbolic link"), "{err}");
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "keep\n");
+}
+
+#[test]
+fn a_fifo_or_link_put_in_place_of_the_log_is_refused_at_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, log) = start(dir.path(), 0, 5);
+    let victim = dir.path().join("victim");
+    fs::write(&victim, "keep\n").unwrap();
+    fs::remove_file(&log).unwrap();
+    std::os::unix::fs::symlink(&victim, &log).unwrap();
+    w.reopen(settings(&log, 0, 5));
+    w.buffer().extend_from_slice(b"x\n");
+    w.send();
+    assert!(
+        eventually(|| w.write_errors() >= 2),
+        "the reopen and the batch are counted"
+    );
+    fs::remove_file(&log).unwrap();
+    mkfifo(&log);
+    w.reopen(settings(&log, 0, 5));
+    w.buffer().extend_from_slice(b"y\n");
+    w.send();
+    assert!(eventually(|| w.write_errors() >= 4));
+    within_5s(move || w.shutdown());
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "keep\n");
+}
+
+#[test]
+fn rotation_with_keep_0_does_not_truncate_through_a_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    fs::write(&victim, "keep\n").unwrap();
+    let log = dir.path().join("results.log");
+    std::os::unix::fs::symlink(&victim, &log).unwrap();
+    assert!(rotate::rotate(&log, 0).is_err());
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "keep\n");
+}
+
+#[test]
+fn users_tmp_in_the_way_is_replaced_never_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    fs::create_dir(&state).unwrap();
+    let tmp = state.join("users.json.tmp");
+    let victim = dir.path().join("victim");
+    fs::write(&victim, "keep\n").unwrap();
+    std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+    let (mut w, _) = start(dir.path(), 0, 5);
+    w.save_users(vec![("alice".into(), 1)]);
     w.shutdown();
-    assert!(Path::new("/dev/full").exists(), "a device is never rotated away");
-    assert!(!Path::new("/dev/full.1").exists());
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "keep\n");
     assert_eq!(
-        load_users(&dir.path().join("users.json")).unwrap(),
-        [("alice".to_owned(), 2)]
+        load_users(&state.join("users.json")).unwrap(),
+        [("alice".to_owned(), 1)]
     );
+    assert!(
+        !tmp.exists() && fs::symlink_metadata(&tmp).is_err(),
+        "no tmp left"
+    );
+
+    // A FIFO there is removed too, without blocking.
+    mkfifo(&tmp);
+    let d = dir.path().to_path_buf();
+    within_5s(move || {
+        let (mut w, _) = start(&d, 0, 5);
+        w.save_users(vec![("bob".into(), 2)]);
+        w.shutdown();
+    });
+    assert_eq!(
+        load_users(&state.join("users.json")).unwrap(),
+        [("bob".to_owned(), 2)]
+    );
+}
+
+#[test]
+fn a_link_or_fifo_as_users_json_is_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    fs::write(&victim, "[{\"request_count\":5,\"username\":\"eve\"}]").unwrap();
+    let path = dir.path().join("users.json");
+    std::os::unix::fs::symlink(&victim, &path).unwrap();
+    let err = load_users(&path).unwrap_err();
+    assert!(err.to_string().contains("is a symbolic link"), "{err}");
+    fs::remove_file(&path).unwrap();
+    mkfifo(&path);
+    let p = path.clone();
+    let err = within_5s(move || load_users(&p).unwrap_err());
+    assert!(err.to_string().contains("is a FIFO"), "{err}");
+    assert!(path.exists(), "refused, not moved aside");
+}
+
+#[test]
+fn shutdown_does_not_wait_for_a_stuck_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, _) = start(dir.path(), 0, 5);
+    // The thread is stuck as in a write to a disk that does not answer.
+    w.stall(Duration::from_secs(30));
+    let t = Instant::now();
+    w.finish(Duration::from_millis(300));
+    assert!(t.elapsed() < Duration::from_secs(3), "waited {:?}", t.elapsed());
+}
+
+#[test]
+fn check_paths_names_what_the_daemon_could_not_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert_eq!(
+        check_paths(Some(&d.join("results.log")), &d.join("state/sub")),
+        Vec::<String>::new()
+    );
+    let errs = check_paths(Some(&d.join("missing/results.log")), d);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains("missing/results.log") && errs[0].contains("does not exist"),
+        "{errs:?}"
+    );
+    fs::write(d.join("file"), "").unwrap();
+    let errs = check_paths(None, &d.join("file"));
+    assert!(errs.len() == 1 && errs[0].contains("not a folder"), "{errs:?}");
+    mkfifo(&d.join("users.json"));
+    mkfifo(&d.join("results.log"));
+    let errs = check_paths(Some(&d.join("results.log")), d);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(errs.iter().all(|e| e.contains("is a FIFO")), "{errs:?}");
 }
 
 #[test]
@@ -274,14 +412,14 @@ fn a_line_without_newline_is_ended() {
 fn users_round_trip_and_newest_snapshot_wins() {
     let dir = tempfile::tempdir().unwrap();
     let (mut w, _) = start(dir.path(), 0, 5);
-    w.save_users(vec![("zed".to_owned(), 1)]);
+    w.save_users(vec![("zed".into(), 1)]);
     let users = vec![
         ("Alice".to_owned(), 3),
         ("anonymous".to_owned(), 7),
         ("b\"\\ö\n".to_owned(), u64::MAX),
         ("~other".to_owned(), 1),
     ];
-    w.save_users(users.clone());
+    w.save_users(users.iter().map(|(n, c)| (n.as_str().into(), *c)).collect());
     w.shutdown();
     let path = dir.path().join("state/users.json");
     assert_eq!(load_users(&path).unwrap(), users);
@@ -304,7 +442,7 @@ fn users_json_format() {
         String::from_utf8(users_json(&users)).unwrap(),
         r#"[{"request_count":3,"username":"Alice"},{"request_count":0,"username":"a\"b"},{"request_count":1,"username":"bob"}]"#
     );
-    assert_eq!(users_json(&[]), b"[]");
+    assert_eq!(users_json::<String>(&[]), b"[]");
 }
 
 #[test]

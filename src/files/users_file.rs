@@ -1,22 +1,24 @@
 //! `state_dir/users.json`: the per-user request counts that survive restarts.
 //!
-//! The file is replaced atomically (temporary file, fsync, rename, fsync of the
-//! folder) so that a crash or power loss leaves either the old or the new
+//! The file is replaced atomically (temporary file created with `O_EXCL`,
+//! fsync, rename, fsync of the folder) so that a crash or power loss leaves either the old or the new
 //! snapshot, never a mix; a file that is nevertheless unreadable is moved aside
 //! rather than deleted, so an operator can still recover the counts by hand.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::open;
+
 /// The users.json format (same as the `users` op):
 /// `[{"request_count":3,"username":"alice"},...]` sorted by the names' bytes.
-pub fn users_json(users: &[(String, u64)]) -> Vec<u8> {
-    let mut sorted: Vec<&(String, u64)> = users.iter().collect();
-    sorted.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+pub fn users_json<S: AsRef<str>>(users: &[(S, u64)]) -> Vec<u8> {
+    let mut sorted: Vec<&(S, u64)> = users.iter().collect();
+    sorted.sort_unstable_by(|a, b| a.0.as_ref().as_bytes().cmp(b.0.as_ref().as_bytes()));
     let mut out = Vec::with_capacity(2 + users.len() * 48);
     out.push(b'[');
     for (i, (name, count)) in sorted.into_iter().enumerate() {
@@ -27,7 +29,7 @@ pub fn users_json(users: &[(String, u64)]) -> Vec<u8> {
         out.extend_from_slice(count.to_string().as_bytes());
         out.extend_from_slice(b",\"username\":");
         // Writing a &str to a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut out, name);
+        let _ = serde_json::to_writer(&mut out, name.as_ref());
         out.push(b'}');
     }
     out.push(b']');
@@ -73,15 +75,27 @@ fn with_path(e: io::Error, what: &str, path: &Path) -> io::Error {
 /// Reads state_dir/users.json at start: Ok(counts). A missing file is Ok(empty).
 /// A corrupt one (not the array above) is moved aside to
 /// `users.json.corrupt-<unix seconds>` with a log::warn! naming both paths, and
-/// Ok(empty) is returned. Other I/O errors: Err (the message names the path).
+/// Ok(empty) is returned. A symbolic link, a FIFO or anything else that is
+/// not a regular file is refused (never followed, never waited on), like
+/// other I/O errors: Err (the message names the path).
 pub fn load_users(path: &Path) -> io::Result<Vec<(String, u64)>> {
-    let data = match fs::read(path) {
+    let data = match read_regular(path) {
         Ok(data) => data,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            log::info!("user counts: no {} yet, starting with none", path.display());
+            return Ok(Vec::new());
+        }
         Err(e) => return Err(with_path(e, "cannot read", path)),
     };
     let reason = match parse(&data) {
-        Ok(users) => return Ok(users),
+        Ok(users) => {
+            log::info!(
+                "user counts: {} users loaded from {}",
+                users.len(),
+                path.display()
+            );
+            return Ok(users);
+        }
         Err(reason) => reason,
     };
     let now = SystemTime::now();
@@ -100,13 +114,38 @@ pub fn load_users(path: &Path) -> io::Result<Vec<(String, u64)>> {
     Ok(Vec::new())
 }
 
-fn write_tmp(tmp: &Path, users: &[(String, u64)]) -> io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o640)
-        .open(tmp)?;
+fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
+    let mut data = Vec::new();
+    open::open_regular(path, OpenOptions::new().read(true))?.read_to_end(&mut data)?;
+    Ok(data)
+}
+
+/// Writes the snapshot to a temporary file of its own: whatever was at `tmp`
+/// (a stale file of a crashed run, or a link or FIFO someone put there) is
+/// unlinked first, which never follows a link, and the file is then created
+/// with `O_EXCL`, which fails rather than open anything that reappeared.
+fn write_tmp<S: AsRef<str>>(tmp: &Path, users: &[(S, u64)]) -> io::Result<()> {
+    // Something other than a file left there was put there: say so.
+    if let Ok(meta) = fs::symlink_metadata(tmp)
+        && !meta.file_type().is_file()
+    {
+        let what = if meta.file_type().is_symlink() {
+            "a symbolic link"
+        } else if meta.file_type().is_fifo() {
+            "a FIFO"
+        } else {
+            "not a regular file"
+        };
+        log::warn!("{} was {what}; removed, not followed", tmp.display());
+    }
+    match fs::remove_file(tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(with_path(e, "cannot remove the stale", tmp));
+        }
+        _ => {}
+    }
+    let mut file = open::open_regular(tmp, OpenOptions::new().write(true).create_new(true).mode(0o640))
+        .map_err(|e| with_path(e, "cannot create", tmp))?;
     let mut data = users_json(users);
     data.push(b'\n');
     file.write_all(&data)?;
@@ -115,18 +154,20 @@ fn write_tmp(tmp: &Path, users: &[(String, u64)]) -> io::Result<()> {
 }
 
 /// Replaces `path` atomically with the snapshot; creates the folder if missing.
-pub(super) fn save_users(path: &Path, users: &[(String, u64)]) -> io::Result<()> {
+pub(super) fn save_users<S: AsRef<str>>(path: &Path, users: &[(S, u64)]) -> io::Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
     fs::create_dir_all(dir).map_err(|e| with_path(e, "cannot create", dir))?;
     let tmp = with_suffix(path, ".tmp");
+    // rename replaces the name `path` itself: a link or FIFO put there is
+    // replaced, never written through.
     if let Err(e) = write_tmp(&tmp, users).and_then(|()| fs::rename(&tmp, path)) {
-        // Best effort: a stale .tmp is harmless (the next save truncates it) but untidy.
+        // Best effort: a stale .tmp is harmless (the next save removes it) but untidy.
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
     // The rename itself is durable only once the folder is synced.
-    File::open(dir)?.sync_all()
+    open::open_dir(dir)?.sync_all()
 }

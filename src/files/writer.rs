@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
-use super::{LogSettings, Msg, Shared, rotate, users_file};
+use super::{LogSettings, Msg, Shared, open, rotate, users_file};
 use crate::ratelimit::RateLimited;
 
 /// Lines reach the file at least this often, and a failed users.json is retried this often.
@@ -30,23 +30,20 @@ const DRAIN_MAX: usize = 256;
 /// At most one warning per this interval for each file.
 pub(super) const WARN_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Opens the log for appending; returns the file and its size, None when it is
-/// not a regular file (a device such as /dev/full or /dev/stdout is never rotated).
+/// Opens the log for appending; returns the file and its size. Only a
+/// regular file is accepted, never through a symbolic link, and a FIFO is
+/// refused without blocking (see `open.rs`).
 fn open_log(path: &Path) -> io::Result<(File, Option<u64>)> {
     let mut opts = OpenOptions::new();
     opts.append(true).create(true).mode(0o640);
     // Read access is only needed to look at the last byte; a log we may only
     // append to is still used, without that check.
-    let (mut file, readable) = match opts.clone().read(true).open(path) {
+    let (mut file, readable) = match open::open_regular(path, opts.clone().read(true)) {
         Ok(f) => (f, true),
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => (opts.open(path)?, false),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => (open::open_regular(path, &opts)?, false),
         Err(e) => return Err(e),
     };
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Ok((file, None));
-    }
-    let mut len = meta.len();
+    let mut len = file.metadata()?.len();
     if len > 0 && readable {
         let mut last = [0u8; 1];
         file.read_exact_at(&mut last, len - 1)?;
@@ -65,7 +62,7 @@ pub(super) struct LogFile {
     settings: LogSettings,
     /// None: off, or closed after a failure (reopened with the next batch).
     file: Option<File>,
-    /// Bytes in the file plus `pending`; None for a file that is not rotated.
+    /// Bytes in the file plus `pending`; None while the file is closed after a failure.
     size: Option<u64>,
     /// Complete lines not yet written.
     pending: Vec<u8>,
@@ -229,7 +226,7 @@ pub(super) struct Writer {
     log: LogFile,
     users_path: PathBuf,
     /// The newest snapshot not yet written (only the newest matters).
-    users: Option<Vec<(String, u64)>>,
+    users: Option<Vec<(Arc<str>, u64)>>,
     /// `users` arrived since the last attempt (else it is a failed one waiting for a retry).
     users_new: bool,
     users_warn: RateLimited,
@@ -319,6 +316,8 @@ impl Writer {
             }
             Msg::Reopen(settings) => self.log.reopen(settings),
             Msg::Shutdown => return true,
+            #[cfg(test)]
+            Msg::Stall(d) => std::thread::sleep(d),
         }
         false
     }

@@ -1,11 +1,12 @@
-//! The HTTP API of SPEC section 2, without I/O: the event loop hands
+//! The HTTP API of taskd(8), without I/O: the event loop hands
 //! [`parse_request`] the bytes a connection has received, [`route`]s each
 //! request to an [`Action`], and writes the answer with [`write_response`]
 //! (or the helpers built on it).
 //!
-//! Requests go through the line protocol's own parsers (`protocol::head`
-//! for query strings, `protocol::json` for POST bodies), so HTTP clients get
-//! the same precedence, codes and messages as everyone else.
+//! Requests become the line protocol's own `Request`s, checked by its
+//! shared checks (`protocol::head`, `protocol::json` for POST bodies), so
+//! HTTP clients get the same precedence, codes and messages as everyone
+//! else.
 
 mod parse;
 mod response;
@@ -14,7 +15,7 @@ mod route;
 pub use parse::{expect_continue, parse_request};
 pub use response::{
     CONTINUE, JSON_CONTENT_TYPE, METRICS_CONTENT_TYPE, error_body, healthz_body, reason_phrase, seed_pi_body,
-    statistics_body, status_for, write_error, write_rejection, write_response,
+    status_for, strip_body, write_error, write_failure, write_response,
 };
 pub use route::{SEED_PI_DEFAULT_CONCURRENCY, SEED_PI_DEFAULT_SIMULATIONS, route};
 
@@ -81,15 +82,15 @@ pub enum Parsed {
 /// What the loop must do with a request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    /// A computation/op request (`req.json` is true): answered with the
-    /// line protocol's JSON reply as the body. `seed_pi`: the `/pi`
-    /// endpoint, whose body is [`seed_pi_body`].
+    /// An op request (its format is `Format::Http`): answered with the
+    /// line protocol's JSON reply as the body, or `/pi`'s own. Its values'
+    /// span refers to `bytes`.
     Request {
         req: crate::protocol::Request,
-        seed_pi: bool,
+        bytes: Vec<u8>,
     },
-    /// Refused by the line protocol's rules (`json` is true): status from
-    /// [`status_for`], body from [`error_body`]; see [`write_rejection`].
+    /// Refused by the line protocol's rules: status from [`status_for`],
+    /// body from [`error_body`]; see [`write_failure`].
     Reject(crate::protocol::Rejection),
     Statistics,
     Healthz,

@@ -1,11 +1,12 @@
-//! Responses: status lines, headers and the JSON bodies of SPEC section 2.
+//! Responses: status lines, headers and the JSON bodies of taskd(8), "HTTP API".
 
 use std::io::Write;
 use std::time::Duration;
 
 use super::HttpError;
 use crate::numbers::Num;
-use crate::protocol::{Code, Id, Rejection};
+use crate::protocol::reply::{json_str, write_id};
+use crate::protocol::{Code, Failure, Id};
 
 pub const JSON_CONTENT_TYPE: &str = "application/json";
 /// The Prometheus text exposition format 0.0.4.
@@ -14,7 +15,7 @@ pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8
 /// [`super::expect_continue`]).
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
-/// SPEC 2 statuses of the line protocol's codes.
+/// The HTTP statuses of the line protocol's codes.
 pub fn status_for(code: Code) -> u16 {
     match code {
         Code::Parse | Code::Empty | Code::Range => 400,
@@ -57,6 +58,15 @@ pub fn reason_phrase(status: u16) -> &'static str {
 /// `Connection: keep-alive` (implicit for HTTP/1.1, needed by HTTP/1.0
 /// clients that asked for it), `extra_headers` (e.g. `("Allow", "GET")`,
 /// `("Retry-After", "1")`), then the body.
+/// Removes the body of the response written at `out[start..]`: the answer
+/// to a HEAD request has the headers of a GET's, Content-Length included,
+/// and nothing after them.
+pub fn strip_body(out: &mut Vec<u8>, start: usize) {
+    if let Some(i) = memchr::memmem::find(&out[start..], b"\r\n\r\n") {
+        out.truncate(start + i + 4);
+    }
+}
+
 pub fn write_response(
     out: &mut Vec<u8>,
     status: u16,
@@ -96,21 +106,16 @@ pub fn write_error(out: &mut Vec<u8>, e: &HttpError, extra_headers: &[(&str, &st
 
 /// A line-protocol error as a response: [`status_for`] its code, the JSON
 /// error body (with the id when known), `Retry-After: 1` on `busy`.
-pub fn write_rejection(out: &mut Vec<u8>, rej: &Rejection, close: bool, extra_headers: &[(&str, &str)]) {
-    let body = error_body(rej.code.as_str(), &rej.message, rej.id.as_ref());
-    let status = status_for(rej.code);
-    if rej.code == Code::Busy {
-        let mut headers = vec![("Retry-After", "1")];
-        headers.extend_from_slice(extra_headers);
-        write_response(out, status, JSON_CONTENT_TYPE, &headers, &body, close);
+/// The response of a request refused or failed with a line-protocol code:
+/// its status, and `Retry-After` with `busy`.
+pub fn write_failure(out: &mut Vec<u8>, f: &Failure, id: Option<&Id>, close: bool) {
+    let body = error_body(f.code.as_str(), &f.message, id);
+    let headers: &[(&str, &str)] = if f.code == Code::Busy {
+        &[("Retry-After", "1")]
     } else {
-        write_response(out, status, JSON_CONTENT_TYPE, extra_headers, &body, close);
-    }
-}
-
-fn json_str(out: &mut Vec<u8>, s: &str) {
-    // Writing a &str to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
+        &[]
+    };
+    write_response(out, status_for(f.code), JSON_CONTENT_TYPE, headers, &body, close);
 }
 
 /// `{"id"?, "ok": false, "error": code, "message": ...}` and a newline,
@@ -118,16 +123,10 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
 pub fn error_body(code: &str, message: &str, id: Option<&Id>) -> Vec<u8> {
     let mut out = Vec::with_capacity(48 + message.len());
     out.push(b'{');
-    match id {
-        Some(Id::Text(s)) => {
-            out.extend_from_slice(b"\"id\":");
-            json_str(&mut out, s);
-            out.push(b',');
-        }
-        Some(Id::Int(n)) => {
-            let _ = write!(out, "\"id\":{n},");
-        }
-        None => {}
+    if let Some(id) = id {
+        out.extend_from_slice(b"\"id\":");
+        write_id(&mut out, id);
+        out.push(b',');
     }
     out.extend_from_slice(b"\"ok\":false,\"error\":");
     json_str(&mut out, code);
@@ -149,23 +148,6 @@ pub fn seed_pi_body(pi: f64, simulations: u64, concurrency: u32, elapsed: Durati
     );
     Num::Float(elapsed.as_secs_f64()).write_to(&mut out);
     out.extend_from_slice(b"}\n");
-    out
-}
-
-/// `/statistics`: the `users` op's array,
-/// `[{"request_count":3,"username":"alice"},…]`, and a newline.
-pub fn statistics_body(users: &[(String, u64)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + users.len() * 48);
-    out.push(b'[');
-    for (i, (name, count)) in users.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        let _ = write!(out, "{{\"request_count\":{count},\"username\":");
-        json_str(&mut out, name);
-        out.push(b'}');
-    }
-    out.extend_from_slice(b"]\n");
     out
 }
 
@@ -226,15 +208,12 @@ mod tests {
         assert!(s.ends_with("\r\n\r\n{\"ok\":false,\"error\":\"method\",\"message\":\"GET only\"}\n"));
 
         out.clear();
-        let rej = Rejection {
-            id: Some(Id::Int(7)),
-            user: None,
-            op: None,
-            json: true,
-            code: Code::Busy,
-            message: "queue full".into(),
-        };
-        write_rejection(&mut out, &rej, false, &[]);
+        write_failure(
+            &mut out,
+            &Failure::new(Code::Busy, "queue full"),
+            Some(&Id::Int(7)),
+            false,
+        );
         let s = text(&out);
         assert!(s.starts_with("HTTP/1.1 429 "));
         assert!(s.contains("\r\nRetry-After: 1\r\n"));
@@ -243,7 +222,8 @@ mod tests {
 
     #[test]
     fn error_bodies_match_the_line_protocol() {
-        for id in [None, Some(Id::Int(-3)), Some(Id::Text("a:b".into()))] {
+        let text_id = crate::protocol::Name::id(b"a:b").map(Id::Text);
+        for id in [None, Some(Id::Int(-3)), text_id] {
             let mut line = Vec::new();
             crate::protocol::reply::write_err(&mut line, id.as_ref(), true, Code::Range, "x \"y\"");
             assert_eq!(error_body("range", "x \"y\"", id.as_ref()), line);
@@ -276,12 +256,6 @@ mod tests {
             text(&b),
             "{\"pi\":3.25,\"simulations\":1000000,\"concurrency\":4,\"elapsed_s\":1.25}\n"
         );
-        let b = statistics_body(&[("1111".into(), 10), ("a\"b".into(), 1)]);
-        assert_eq!(
-            text(&b),
-            "[{\"request_count\":10,\"username\":\"1111\"},{\"request_count\":1,\"username\":\"a\\\"b\"}]\n"
-        );
-        assert_eq!(text(&statistics_body(&[])), "[]\n");
         assert_eq!(healthz_body(false).0, 200);
         assert_eq!(
             healthz_body(true),

@@ -1,27 +1,37 @@
-//! Routing (SPEC section 2). Op requests are handed to the line protocol's
-//! parsers so precedence, codes and messages are the same as over TCP: a
-//! GET's query string is rebuilt into a text line for `protocol::head`
-//! once each piece is known not to change its tokens, and a POST body goes
-//! to `protocol::json` with the path's op added when the body names none.
+//! Routing (taskd(8), "HTTP API"). Op requests become the line protocol's
+//! [`Request`]s directly, checked in its order and with its codes and
+//! messages (the shared checks of `protocol::head`), so HTTP clients get
+//! the same precedence as everyone else: id, user, op, arguments; then
+//! `denied`, `too-many`, `empty`, `range`. A POST body goes to the JSON
+//! request parser with the path's op.
 
 use super::{Action, HttpError, HttpRequest};
+use crate::numbers::count_text_values;
 use crate::ops::{ArgKind, Exec, LoopOp, OPS, OpId, lookup};
-use crate::protocol::{Code, Id, ParseCtx, Rejection, Request, head, json, sanitize};
+use crate::protocol::head::{
+    PiArg, check_access, check_count, check_pi_range, malformed_id, malformed_user, valid_op_name,
+};
+use crate::protocol::json::{self, OpFrom};
+use crate::protocol::{
+    Args, Body, Code, Failure, Format, Id, Name, ParseCtx, Rejection, Request, Syntax, sanitize,
+};
 
 /// `/pi`'s defaults: `simulations` and `concurrency`.
 pub const SEED_PI_DEFAULT_SIMULATIONS: u64 = 1_000_000;
 pub const SEED_PI_DEFAULT_CONCURRENCY: u32 = 1;
 
-const GET: &str = "GET";
-const GET_POST: &str = "GET, POST";
+const GET: &str = "GET, HEAD";
+const GET_POST: &str = "GET, HEAD, POST";
 
-/// Routes one request; see the crate docs of [`super`] and SPEC section 2.
+/// Routes one request; see the module's documentation.
 ///
 /// `GET /pi`, `/statistics`, `/healthz`, `/metrics`; `GET` and `POST`
-/// `/v1/{op}`. Anything else is 404 `not-found`; a known path with another
-/// method is 405 `method` with `Allow`.
-pub fn route(req: &HttpRequest, ctx: &ParseCtx) -> Action {
+/// `/v1/{op}` (HEAD wherever GET is allowed). Anything else is 404
+/// `not-found`; a known path with another method is 405 `method` with
+/// `Allow`. `close`: the response ends the connection.
+pub fn route(req: &mut HttpRequest, ctx: &ParseCtx, close: bool) -> Action {
     let path = req.path.as_str();
+    let get = req.method == "GET" || req.method == "HEAD";
     let fixed = match path {
         "/pi" => Some(None),
         "/statistics" => Some(Some(Action::Statistics)),
@@ -30,24 +40,33 @@ pub fn route(req: &HttpRequest, ctx: &ParseCtx) -> Action {
         _ => None,
     };
     if let Some(action) = fixed {
-        if req.method != "GET" {
+        if !get {
             return method_not_allowed(req, GET);
         }
-        return action.unwrap_or_else(|| seed_pi(req, ctx));
+        return action.unwrap_or_else(|| seed_pi(req, ctx, close));
     }
-    match path.strip_prefix("/v1/") {
-        Some(seg) if !seg.is_empty() && !seg.contains('/') => match req.method.as_str() {
-            "GET" => v1_get(seg, req, ctx),
-            "POST" => v1_post(seg, req, ctx),
-            _ => method_not_allowed(req, GET_POST),
-        },
-        _ => Action::Error(HttpError::new(
-            404,
-            "not-found",
-            format!("no such path \"{}\"", sanitize(path.as_bytes(), 64)),
-            false,
-        )),
-    }
+    let seg = match path.strip_prefix("/v1/") {
+        Some(seg) if !seg.is_empty() && !seg.contains('/') => seg.to_owned(),
+        _ => {
+            return Action::Error(HttpError::new(
+                404,
+                "not-found",
+                format!("no such path \"{}\"", sanitize(path.as_bytes(), 64)),
+                false,
+            ));
+        }
+    };
+    let format = Format::Http {
+        body: Body::Reply,
+        close,
+        head: req.method == "HEAD",
+    };
+    let routed = match req.method.as_str() {
+        "GET" | "HEAD" => v1_get(&seg, req, ctx, format),
+        "POST" => v1_post(&seg, req, ctx, format),
+        _ => return method_not_allowed(req, GET_POST),
+    };
+    finish(routed, &seg, ("samples", "chunks"))
 }
 
 fn method_not_allowed(req: &HttpRequest, allow: &'static str) -> Action {
@@ -66,26 +85,9 @@ fn method_not_allowed(req: &HttpRequest, allow: &'static str) -> Action {
     })
 }
 
-fn reject(id: Option<Id>, user: Option<String>, op: Option<OpId>, code: Code, message: String) -> Action {
-    Action::Reject(Rejection {
-        id,
-        user,
-        op,
-        json: true,
-        code,
-        message,
-    })
-}
-
 /// Whether an op is served over HTTP: not `help` or `quit`.
 fn http_op(op: OpId) -> bool {
     !matches!(OPS[op].exec, Exec::Loop(LoopOp::Help | LoopOp::Quit))
-}
-
-fn valid_op_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn unknown_op_message(seg: &str) -> String {
@@ -98,22 +100,31 @@ fn unknown_op_message(seg: &str) -> String {
 /// The pi argument names used in range messages: (samples, chunks).
 type PiNames = (&'static str, &'static str);
 
-/// Turns the line parsers' result into an action: JSON answers, `help` and
-/// `quit` refused as unknown, HTTP's names in pi's range messages.
-fn finish(r: Result<Request, Rejection>, seg: &str, seed_pi: bool, pi_names: PiNames) -> Action {
+/// A routed op request: the request, and the bytes its values' span
+/// refers to.
+type Routed = Result<(Request, Vec<u8>), Rejection>;
+
+/// `help` and `quit` refused as unknown, HTTP's names in pi's range
+/// messages.
+fn finish(r: Routed, seg: &str, pi_names: PiNames) -> Action {
     match r {
-        Ok(req) if http_op(req.op) => Action::Request {
-            req: Request { json: true, ..req },
-            seed_pi,
-        },
-        Ok(req) => reject(req.id, req.user, None, Code::UnknownOp, unknown_op_message(seg)),
-        Err(rej) if rej.code == Code::UnknownOp || rej.op.is_some_and(|op| !http_op(op)) => {
-            reject(rej.id, rej.user, None, Code::UnknownOp, unknown_op_message(seg))
+        Ok((req, _)) if !http_op(req.op) => {
+            let failure = Failure::new(Code::UnknownOp, unknown_op_message(seg));
+            Action::Reject(Rejection {
+                op: None,
+                ..Rejection::of(&Ok(req), failure)
+            })
+        }
+        Ok((req, bytes)) => Action::Request { req, bytes },
+        Err(mut rej) if rej.failure.code == Code::UnknownOp || rej.op.is_some_and(|op| !http_op(op)) => {
+            rej.failure = Failure::new(Code::UnknownOp, unknown_op_message(seg));
+            rej.op = None;
+            Action::Reject(rej)
         }
         Err(mut rej) => {
-            rej.json = true;
-            if rej.code == Code::Range {
-                rej.message = rej
+            if rej.failure.code == Code::Range {
+                rej.failure.message = rej
+                    .failure
                     .message
                     .replace("SAMPLES", pi_names.0)
                     .replace("CHUNKS", pi_names.1);
@@ -129,118 +140,118 @@ fn param<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
 }
 
 /// Unknown and repeated query parameters are `parse`, as unknown JSON keys are.
-fn check_keys(q: &[(String, String)], allowed: &[&str]) -> Result<(), String> {
+fn check_keys(q: &[(String, String)], allowed: &[&str]) -> Result<(), Failure> {
     for (i, (k, _)) in q.iter().enumerate() {
         if !allowed.contains(&k.as_str()) {
-            return Err(format!(
+            let m = format!(
                 "unknown query parameter \"{}\"; allowed: {}",
                 sanitize(k.as_bytes(), 32),
                 allowed.join(", ")
-            ));
+            );
+            return Err(Failure::new(Code::Parse, m));
         }
         if q[..i].iter().any(|(prev, _)| prev == k) {
-            return Err(format!("query parameter \"{k}\" given more than once"));
+            let m = format!("query parameter \"{k}\" given more than once");
+            return Err(Failure::new(Code::Parse, m));
         }
     }
     Ok(())
 }
 
-fn check_user(q: &[(String, String)]) -> Result<Option<String>, String> {
+fn check_user(q: &[(String, String)]) -> Result<Option<Name>, Failure> {
     match param(q, "username") {
         None => Ok(None),
-        Some(u) if head::valid_user(u.as_bytes()) => Ok(Some(u.to_owned())),
-        Some(u) => Err(format!(
-            "malformed username \"{}\": 1 to 64 letters, digits, '-', '_', '.'",
-            sanitize(u.as_bytes(), 32)
-        )),
+        Some(u) => Name::user(u.as_bytes())
+            .map(Some)
+            .ok_or_else(|| malformed_user("username", u.as_bytes())),
     }
-}
-
-fn check_unsigned(s: &str, what: &str) -> Result<(), String> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!(
-            "{what} \"{}\" is not an unsigned decimal integer",
-            sanitize(s.as_bytes(), 32)
-        ));
-    }
-    Ok(())
-}
-
-/// The start of a text line: `[#id ][@user ]`.
-fn line_head(id: &Option<Id>, user: &Option<String>) -> Vec<u8> {
-    let mut line = Vec::new();
-    if let Some(Id::Text(id)) = id {
-        line.push(b'#');
-        line.extend_from_slice(id.as_bytes());
-        line.push(b' ');
-    }
-    if let Some(user) = user {
-        line.push(b'@');
-        line.extend_from_slice(user.as_bytes());
-        line.push(b' ');
-    }
-    line
 }
 
 /// `GET /pi?simulations=N&concurrency=K&username=U`, the seed's endpoint.
-fn seed_pi(req: &HttpRequest, ctx: &ParseCtx) -> Action {
+fn seed_pi(req: &HttpRequest, ctx: &ParseCtx, close: bool) -> Action {
+    let format = Format::Http {
+        body: Body::SeedPi,
+        close,
+        head: req.method == "HEAD",
+    };
     let q = &req.query;
-    if let Err(m) = check_keys(q, &["simulations", "concurrency", "username"]) {
-        return reject(None, None, None, Code::Parse, m);
+    let pi = lookup("pi");
+    let reject = |user, op, failure| {
+        Action::Reject(Rejection {
+            id: None,
+            user,
+            op,
+            format,
+            failure,
+        })
+    };
+    if let Err(f) = check_keys(q, &["simulations", "concurrency", "username"]) {
+        return reject(None, None, f);
     }
     let user = match check_user(q) {
         Ok(u) => u,
-        Err(m) => return reject(None, None, None, Code::Parse, m),
+        Err(f) => return reject(None, None, f),
+    };
+    let n = param(q, "simulations").map(|s| PiArg::parse(s.as_bytes(), "simulations"));
+    let k = param(q, "concurrency").map(|s| PiArg::parse(s.as_bytes(), "concurrency"));
+    let (n, k) = match (n.transpose(), k.transpose()) {
+        (Ok(n), Ok(k)) => (n, k),
+        (Err(f), _) | (_, Err(f)) => return reject(user, pi, f),
     };
     let default_n = SEED_PI_DEFAULT_SIMULATIONS.to_string();
     let default_k = SEED_PI_DEFAULT_CONCURRENCY.to_string();
-    let n = param(q, "simulations").unwrap_or(&default_n);
-    let k = param(q, "concurrency").unwrap_or(&default_k);
-    let pi = lookup("pi");
-    if let Err(m) = check_unsigned(n, "simulations").and_then(|()| check_unsigned(k, "concurrency")) {
-        return reject(None, user, pi, Code::Parse, m);
-    }
-    let mut line = line_head(&None, &user);
-    line.extend_from_slice(format!("pi {n} {k}").as_bytes());
-    finish(
-        head::parse(&line, ctx),
-        "pi",
-        true,
-        ("simulations", "concurrency"),
-    )
+    let n = n.unwrap_or(PiArg {
+        value: Some(SEED_PI_DEFAULT_SIMULATIONS),
+        digits: default_n.as_bytes(),
+    });
+    let k = k.unwrap_or(PiArg {
+        value: Some(u64::from(SEED_PI_DEFAULT_CONCURRENCY)),
+        digits: default_k.as_bytes(),
+    });
+    let Some(op) = pi else {
+        return reject(user, None, Failure::new(Code::UnknownOp, "no operation \"pi\""));
+    };
+    let head = Request {
+        id: None,
+        user,
+        op,
+        args: Args::None,
+        format,
+    };
+    let routed = check_access(op, ctx)
+        .and_then(|()| check_pi_range(n, Some(k), ctx))
+        .map(|(samples, chunks)| {
+            let args = Args::Pi { samples, chunks };
+            (Request { args, ..head }, Vec::new())
+        })
+        .map_err(|f| Rejection::of(&Ok(head), f));
+    finish(routed, "pi", ("simulations", "concurrency"))
 }
 
-/// `GET /v1/{op}?values=…&samples=…&chunks=…&username=U&id=I`.
-fn v1_get(seg: &str, req: &HttpRequest, ctx: &ParseCtx) -> Action {
+/// `GET /v1/{op}?values=…&samples=…&chunks=…&username=U&id=I`, checked in
+/// the line protocol's order: id, user, op, arguments.
+fn v1_get(seg: &str, req: &HttpRequest, ctx: &ParseCtx, format: Format) -> Routed {
     let q = &req.query;
-    // Checked in the line protocol's order: id, user, op, arguments; each
-    // piece is validated before it goes into the line, so the line's
-    // tokens are exactly the parameters.
-    let id = match param(q, "id") {
-        None => None,
-        Some(s) if head::valid_id(s.as_bytes()) => Some(Id::Text(s.to_owned())),
-        Some(s) => {
-            let m = format!(
-                "malformed id \"{}\": 1 to 64 letters, digits, '-', '_', '.', ':'",
-                sanitize(s.as_bytes(), 32)
-            );
-            return reject(None, None, None, Code::Parse, m);
-        }
+    let mut rej = Rejection::bare(format, Failure::new(Code::Parse, ""));
+    let fail = |rej: &Rejection, f: Failure| Rejection {
+        failure: f,
+        ..rej.clone()
     };
-    if let Err(m) = check_keys(q, &["id", "username", "values", "samples", "chunks"]) {
-        return reject(id, None, None, Code::Parse, m);
+    if let Some(s) = param(q, "id") {
+        rej.id = Some(Id::Text(
+            Name::id(s.as_bytes()).ok_or_else(|| fail(&rej, malformed_id(s.as_bytes())))?,
+        ));
     }
-    let user = match check_user(q) {
-        Ok(u) => u,
-        Err(m) => return reject(id, None, None, Code::Parse, m),
-    };
-    if !valid_op_name(seg) {
+    check_keys(q, &["id", "username", "values", "samples", "chunks"]).map_err(|f| fail(&rej, f))?;
+    rej.user = check_user(q).map_err(|f| fail(&rej, f))?;
+    if !valid_op_name(seg.as_bytes()) {
         let m = format!("malformed operation \"{}\"", sanitize(seg.as_bytes(), 32));
-        return reject(id, user, None, Code::Parse, m);
+        return Err(fail(&rej, Failure::new(Code::Parse, m)));
     }
     let Some(op) = lookup(seg).filter(|&op| http_op(op)) else {
-        return reject(id, user, None, Code::UnknownOp, unknown_op_message(seg));
+        return Err(fail(&rej, Failure::new(Code::UnknownOp, unknown_op_message(seg))));
     };
+    rej.op = Some(op);
     let spec = &OPS[op];
     let misplaced: &[&str] = match spec.args {
         ArgKind::None => &["values", "samples", "chunks"],
@@ -249,117 +260,71 @@ fn v1_get(seg: &str, req: &HttpRequest, ctx: &ParseCtx) -> Action {
     };
     if let Some(k) = misplaced.iter().find(|k| param(q, k).is_some()) {
         let m = format!("{} takes no \"{k}\"", spec.name);
-        return reject(id, user, Some(op), Code::Parse, m);
+        return Err(fail(&rej, Failure::new(Code::Parse, m)));
     }
-    let mut line = line_head(&id, &user);
-    line.extend_from_slice(spec.name.as_bytes());
-    match spec.args {
-        ArgKind::None => {}
-        ArgKind::Values => {
-            // The values go last, so whatever they hold stays arguments.
-            if let Some(v) = param(q, "values") {
-                line.push(b' ');
-                line.extend_from_slice(v.as_bytes());
-            }
-        }
+    let pi = match spec.args {
         ArgKind::Pi => {
             let Some(samples) = param(q, "samples") else {
-                return reject(id, user, Some(op), Code::Parse, "pi needs \"samples\"".into());
+                return Err(fail(&rej, Failure::new(Code::Parse, "pi needs \"samples\"")));
             };
-            let chunks = param(q, "chunks");
-            let checked = check_unsigned(samples, "samples")
-                .and_then(|()| chunks.map_or(Ok(()), |c| check_unsigned(c, "chunks")));
-            if let Err(m) = checked {
-                return reject(id, user, Some(op), Code::Parse, m);
-            }
-            for arg in [Some(samples), chunks].into_iter().flatten() {
-                line.push(b' ');
-                line.extend_from_slice(arg.as_bytes());
-            }
+            let samples = PiArg::parse(samples.as_bytes(), "samples").map_err(|f| fail(&rej, f))?;
+            let chunks = param(q, "chunks")
+                .map(|c| PiArg::parse(c.as_bytes(), "chunks"))
+                .transpose()
+                .map_err(|f| fail(&rej, f))?;
+            Some((samples, chunks))
         }
-    }
-    finish(head::parse(&line, ctx), seg, false, ("samples", "chunks"))
-}
-
-/// `POST /v1/{op}` with a JSON request body (SPEC section 1); the body's
-/// `op`, if any, must be the path's.
-fn v1_post(seg: &str, req: &HttpRequest, ctx: &ParseCtx) -> Action {
-    if !req.query.is_empty() {
-        let m = "POST /v1/{op} takes its arguments in the JSON body, not in the query string".into();
-        return reject(None, None, None, Code::Parse, m);
-    }
-    let body = req.body.as_slice();
-    let seg_json = serde_json::to_string(seg).unwrap_or_default();
-    let start = body.iter().position(|b| !b.is_ascii_whitespace());
-    // The body with the path's op as its first key: a JSON object keeps
-    // the last of repeated keys, so an `op` in the body still wins and is
-    // compared below.
-    let text = match start {
-        None => format!("{{\"op\":{seg_json}}}").into_bytes(),
-        Some(i) if body[i] == b'{' => {
-            let rest = &body[i + 1..];
-            let empty = rest.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
-            let mut t = Vec::with_capacity(body.len() + seg_json.len() + 8);
-            t.extend_from_slice(b"{\"op\":");
-            t.extend_from_slice(seg_json.as_bytes());
-            if !empty {
-                t.push(b',');
-            }
-            t.extend_from_slice(rest);
-            t
-        }
-        // Not an object: the JSON parser says so.
-        Some(_) => return finish(json::parse(body, ctx), seg, false, ("samples", "chunks")),
-    };
-    let r = json::parse(&text, ctx);
-    if let Err(rej) = &r
-        && rej.code == Code::Parse
-        && rej.op.is_none()
-        && start.is_some()
-    {
-        // A fault before the op (syntax, id, key, user, the op's type):
-        // the body as sent has the same one; report it from there so a
-        // syntax error's column is right.
-        if let Err(orig) = json::parse(body, ctx)
-            && orig.code == Code::Parse
-            && orig.op.is_none()
-        {
-            return reject(orig.id, orig.user, None, Code::Parse, orig.message);
-        }
-        return finish(r, seg, false, ("samples", "chunks"));
-    }
-    let path_op = if valid_op_name(seg) { lookup(seg) } else { None };
-    let (id, user, body_op) = match &r {
-        Ok(req) => (&req.id, &req.user, Some(req.op)),
-        Err(rej) => (&rej.id, &rej.user, rej.op),
-    };
-    let fault = match body_op {
-        Some(op) if Some(op) != path_op => Some(format!(
-            "the body's op \"{}\" is not the path's \"{}\"",
-            OPS[op].name,
-            sanitize(seg.as_bytes(), 32)
-        )),
-        // Unknown op: the path's, or (when the path's is known) the body's.
-        None if !valid_op_name(seg) => Some(format!(
-            "malformed operation \"{}\"",
-            sanitize(seg.as_bytes(), 32)
-        )),
-        None if path_op.is_some() => Some(format!(
-            "the body's op is not the path's \"{}\"",
-            OPS[path_op.unwrap_or_default()].name
-        )),
         _ => None,
     };
-    match fault {
-        Some(m) => reject(id.clone(), user.clone(), None, Code::Parse, m),
-        None => finish(r, seg, false, ("samples", "chunks")),
+    check_access(op, ctx).map_err(|f| fail(&rej, f))?;
+    let (args, bytes) = match (spec.args, pi) {
+        (ArgKind::Values, _) => {
+            let values = param(q, "values")
+                .map(|v| v.as_bytes().to_vec())
+                .unwrap_or_default();
+            let count = count_text_values(&values);
+            check_count(count, ctx).map_err(|f| fail(&rej, f))?;
+            let args = Args::Values {
+                span: 0..values.len(),
+                syntax: Syntax::Text,
+                count,
+            };
+            (args, values)
+        }
+        (ArgKind::Pi, Some((samples, chunks))) => {
+            let (samples, chunks) = check_pi_range(samples, chunks, ctx).map_err(|f| fail(&rej, f))?;
+            (Args::Pi { samples, chunks }, Vec::new())
+        }
+        _ => (Args::None, Vec::new()),
+    };
+    let request = Request {
+        id: rej.id,
+        user: rej.user,
+        op,
+        args,
+        format,
+    };
+    Ok((request, bytes))
+}
+
+/// `POST /v1/{op}` with a JSON request body (taskd(8)); the body's `op`,
+/// if any, must be the path's. An empty body is `{}`.
+fn v1_post(seg: &str, req: &mut HttpRequest, ctx: &ParseCtx, format: Format) -> Routed {
+    if !req.query.is_empty() {
+        let m = "POST /v1/{op} takes its arguments in the JSON body, not in the query string";
+        return Err(Rejection::bare(format, Failure::new(Code::Parse, m)));
     }
+    let mut body = std::mem::take(&mut req.body);
+    if body.iter().all(u8::is_ascii_whitespace) {
+        body = b"{}".to_vec();
+    }
+    let request = json::parse_with(&body, ctx, OpFrom::Path(seg), format)?;
+    Ok((request, body))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{Args, RawValues};
 
     fn ctx(allowed: &[bool]) -> ParseCtx<'_> {
         ParseCtx {
@@ -367,8 +332,18 @@ mod tests {
             max_samples: 1_000_000_000,
             allowed,
             udp: false,
-            workers: 8,
         }
+    }
+
+    fn id(s: &str) -> Option<Id> {
+        Name::id(s.as_bytes()).map(Id::Text)
+    }
+
+    fn values(req: &Request, bytes: &[u8]) -> (String, usize) {
+        let Args::Values { span, count, .. } = &req.args else {
+            panic!("{req:?}")
+        };
+        (String::from_utf8_lossy(&bytes[span.clone()]).into_owned(), *count)
     }
 
     fn http(method: &str, target: &str, body: &str) -> HttpRequest {
@@ -384,23 +359,31 @@ mod tests {
 
     fn run(method: &str, target: &str, body: &str) -> Action {
         let all = vec![true; OPS.len()];
-        route(&http(method, target, body), &ctx(&all))
+        route(&mut http(method, target, body), &ctx(&all), false)
     }
 
-    fn request(method: &str, target: &str, body: &str) -> (Request, bool) {
+    /// The request, whether it is `/pi`'s, and the bytes its values are in.
+    fn request_bytes(method: &str, target: &str, body: &str) -> (Request, bool, Vec<u8>) {
         match run(method, target, body) {
-            Action::Request { req, seed_pi } => {
-                assert!(req.json);
-                (req, seed_pi)
+            Action::Request { req, bytes } => {
+                let Format::Http { body: shape, .. } = req.format else {
+                    panic!("{req:?}")
+                };
+                (req, shape == Body::SeedPi, bytes)
             }
             other => panic!("{method} {target} {body}: {other:?}"),
         }
     }
 
+    fn request(method: &str, target: &str, body: &str) -> (Request, bool) {
+        let (r, seed, _) = request_bytes(method, target, body);
+        (r, seed)
+    }
+
     fn rejected(method: &str, target: &str, body: &str) -> Rejection {
         match run(method, target, body) {
             Action::Reject(r) => {
-                assert!(r.json);
+                assert!(matches!(r.format, Format::Http { .. }), "{r:?}");
                 r
             }
             other => panic!("{method} {target} {body}: {other:?}"),
@@ -408,7 +391,7 @@ mod tests {
     }
 
     fn code(method: &str, target: &str, body: &str) -> Code {
-        rejected(method, target, body).code
+        rejected(method, target, body).failure.code
     }
 
     fn http_error(method: &str, target: &str) -> HttpError {
@@ -430,7 +413,7 @@ mod tests {
         // They ignore the listener's ops.
         let none = vec![false; OPS.len()];
         assert_eq!(
-            route(&http("GET", "/statistics", ""), &ctx(&none)),
+            route(&mut http("GET", "/statistics", ""), &ctx(&none), false),
             Action::Statistics
         );
     }
@@ -456,14 +439,14 @@ mod tests {
                 chunks: Some(4)
             }
         );
-        assert_eq!(req.user.as_deref(), Some("1111"));
+        assert_eq!(req.user, Name::user(b"1111"));
 
         let r = rejected("GET", "/pi?simulations=0", "");
-        assert_eq!(r.code, Code::Range);
-        assert!(r.message.contains("simulations"), "{}", r.message);
+        assert_eq!(r.failure.code, Code::Range);
+        assert!(r.failure.message.contains("simulations"), "{}", r.failure.message);
         let r = rejected("GET", "/pi?simulations=10&concurrency=11", "");
-        assert_eq!(r.code, Code::Range);
-        assert!(r.message.contains("concurrency"), "{}", r.message);
+        assert_eq!(r.failure.code, Code::Range);
+        assert!(r.failure.message.contains("concurrency"), "{}", r.failure.message);
         assert_eq!(code("GET", "/pi?simulations=1000000001", ""), Code::Range);
         assert_eq!(
             code("GET", "/pi?simulations=99999999999999999999999", ""),
@@ -478,43 +461,23 @@ mod tests {
 
         let mut allowed = vec![true; OPS.len()];
         allowed[op("pi")] = false;
-        let r = route(&http("GET", "/pi", ""), &ctx(&allowed));
-        assert!(
-            matches!(
-                r,
-                Action::Reject(Rejection {
-                    code: Code::Denied,
-                    ..
-                })
-            ),
-            "{r:?}"
-        );
+        let r = route(&mut http("GET", "/pi", ""), &ctx(&allowed), false);
+        let Action::Reject(r) = r else { panic!("{r:?}") };
+        assert_eq!(r.failure.code, Code::Denied);
     }
 
     #[test]
     fn v1_get_requests() {
-        let (req, seed) = request("GET", "/v1/max?values=1,2,3", "");
+        let (req, seed, bytes) = request_bytes("GET", "/v1/max?values=1,2,3", "");
         assert!(!seed);
         assert_eq!(req.op, op("max"));
-        assert_eq!(
-            req.args,
-            Args::Values {
-                raw: RawValues::Text(b"1,2,3".to_vec()),
-                count: 3
-            }
-        );
+        assert_eq!(values(&req, &bytes), ("1,2,3".to_string(), 3));
         assert_eq!((req.id, req.user), (None, None));
-        let (req, _) = request("GET", "/v1/MEAN?id=7&username=alice&values=%5B1%2C+2%5D", "");
+        let (req, _, bytes) = request_bytes("GET", "/v1/MEAN?id=7&username=alice&values=%5B1%2C+2%5D", "");
         assert_eq!(req.op, op("mean"));
-        assert_eq!(req.id, Some(Id::Text("7".into())));
-        assert_eq!(req.user.as_deref(), Some("alice"));
-        assert_eq!(
-            req.args,
-            Args::Values {
-                raw: RawValues::Text(b"[1, 2]".to_vec()),
-                count: 2
-            }
-        );
+        assert_eq!(req.id, id("7"));
+        assert_eq!(req.user, Name::user(b"alice"));
+        assert_eq!(values(&req, &bytes), ("[1, 2]".to_string(), 2));
         // A malformed value is the worker's to find.
         let (req, _) = request("GET", "/v1/sum?values=1+x", "");
         assert!(matches!(req.args, Args::Values { count: 2, .. }));
@@ -554,21 +517,22 @@ mod tests {
         assert_eq!(code("GET", "/v1/pi?samples=5+5", ""), Code::Parse);
         assert_eq!(code("GET", "/v1/pi?samples=0", ""), Code::Range);
         let r = rejected("GET", "/v1/pi?samples=5&chunks=6", "");
-        assert_eq!(r.code, Code::Range);
-        assert!(r.message.starts_with("chunks 6 out of range"), "{}", r.message);
+        assert_eq!(r.failure.code, Code::Range);
+        assert!(
+            r.failure.message.starts_with("chunks 6 out of range"),
+            "{}",
+            r.failure.message
+        );
         assert_eq!(code("GET", "/v1/nosuch", ""), Code::UnknownOp);
         assert_eq!(code("GET", "/v1/max!", ""), Code::Parse);
         assert_eq!(code("GET", "/v1/m%20x", ""), Code::Parse);
         // The line protocol's precedence: id, then user, then op.
         let r = rejected("GET", "/v1/nosuch?id=a+b&username=x", "");
-        assert_eq!((r.code, r.id), (Code::Parse, None));
+        assert_eq!((r.failure.code, r.id), (Code::Parse, None));
         let r = rejected("GET", "/v1/nosuch?id=q1&username=%40x", "");
-        assert_eq!((r.code, r.id.clone()), (Code::Parse, Some(Id::Text("q1".into()))));
+        assert_eq!((r.failure.code, r.id), (Code::Parse, id("q1")));
         let r = rejected("GET", "/v1/nosuch?id=q1&values=1", "");
-        assert_eq!(
-            (r.code, r.id, r.op),
-            (Code::UnknownOp, Some(Id::Text("q1".into())), None)
-        );
+        assert_eq!((r.failure.code, r.id, r.op), (Code::UnknownOp, id("q1"), None));
         // too-many and empty come before a malformed value.
         assert_eq!(code("GET", "/v1/max?values=x,y,z,w,v", ""), Code::TooMany);
     }
@@ -577,7 +541,7 @@ mod tests {
     fn help_and_quit_are_unknown_over_http() {
         for target in ["/v1/help", "/v1/quit", "/v1/HELP?values=1"] {
             let r = rejected("GET", target, "");
-            assert_eq!((r.code, r.op), (Code::UnknownOp, None), "{target}");
+            assert_eq!((r.failure.code, r.op), (Code::UnknownOp, None), "{target}");
         }
         assert_eq!(code("POST", "/v1/help", ""), Code::UnknownOp);
         assert_eq!(
@@ -586,14 +550,9 @@ mod tests {
         );
         let mut allowed = vec![true; OPS.len()];
         allowed[op("help")] = false;
-        let r = route(&http("GET", "/v1/help", ""), &ctx(&allowed));
-        assert!(matches!(
-            r,
-            Action::Reject(Rejection {
-                code: Code::UnknownOp,
-                ..
-            })
-        ));
+        let r = route(&mut http("GET", "/v1/help", ""), &ctx(&allowed), false);
+        let Action::Reject(r) = r else { panic!("{r:?}") };
+        assert_eq!(r.failure.code, Code::UnknownOp);
     }
 
     #[test]
@@ -602,17 +561,17 @@ mod tests {
         allowed[op("max")] = false;
         let c = ctx(&allowed);
         for r in [
-            route(&http("GET", "/v1/max?values=1", ""), &c),
-            route(&http("POST", "/v1/max", r#"{"values":[1]}"#), &c),
+            route(&mut http("GET", "/v1/max?values=1", ""), &c, false),
+            route(&mut http("POST", "/v1/max", r#"{"values":[1]}"#), &c, false),
         ] {
             let Action::Reject(r) = r else { panic!("{r:?}") };
-            assert_eq!((r.code, r.op), (Code::Denied, Some(op("max"))));
+            assert_eq!((r.failure.code, r.op), (Code::Denied, Some(op("max"))));
         }
     }
 
     #[test]
     fn v1_post_requests() {
-        let (req, seed) = request(
+        let (req, seed, bytes) = request_bytes(
             "POST",
             "/v1/sum",
             r#"{"id": 9, "user": "bob", "values": [1, "2", 3.5]}"#,
@@ -620,15 +579,8 @@ mod tests {
         assert!(!seed);
         assert_eq!(req.op, op("sum"));
         assert_eq!(req.id, Some(Id::Int(9)));
-        assert_eq!(req.user.as_deref(), Some("bob"));
-        let Args::Values {
-            raw: RawValues::Json(v),
-            count: 3,
-        } = req.args
-        else {
-            panic!("{:?}", req.args)
-        };
-        assert_eq!(v[1], "2");
+        assert_eq!(req.user, Name::user(b"bob"));
+        assert_eq!(values(&req, &bytes), (r#"[1, "2", 3.5]"#.to_string(), 3));
         let (req, _) = request("POST", "/v1/Sum", "  {\"op\": \"SUM\", \"values\": [1]}\n");
         assert_eq!(req.op, op("sum"));
         let (req, _) = request("POST", "/v1/ping", "");
@@ -648,8 +600,8 @@ mod tests {
     #[test]
     fn v1_post_errors() {
         let r = rejected("POST", "/v1/max", r#"{"id": "a", "op": "min", "values": [1]}"#);
-        assert_eq!((r.code, r.id), (Code::Parse, Some(Id::Text("a".into()))));
-        assert!(r.message.contains("\"min\""), "{}", r.message);
+        assert_eq!((r.failure.code, r.id), (Code::Parse, id("a")));
+        assert!(r.failure.message.contains("\"min\""), "{}", r.failure.message);
         assert_eq!(
             code("POST", "/v1/max", r#"{"op": "nosuch", "values": [1]}"#),
             Code::Parse
@@ -677,11 +629,11 @@ mod tests {
         assert_eq!(code("POST", "/v1/pi", r#"{"samples": 0}"#), Code::Range);
         // A syntax error's position is the body's own.
         let r = rejected("POST", "/v1/max", "{\"values\": [1,]}");
-        assert!(r.message.contains("column 15"), "{}", r.message);
+        assert!(r.failure.message.contains("column 15"), "{}", r.failure.message);
         // Faults before the op win over a mismatched op, and keep the id.
         let r = rejected("POST", "/v1/max", r#"{"id": 5, "user": "a b", "op": "min"}"#);
-        assert_eq!((r.code, r.id), (Code::Parse, Some(Id::Int(5))));
-        assert!(r.message.contains("user"), "{}", r.message);
+        assert_eq!((r.failure.code, r.id), (Code::Parse, Some(Id::Int(5))));
+        assert!(r.failure.message.contains("user"), "{}", r.failure.message);
         let deep = format!("{{\"values\":{}1{}}}", "[".repeat(200), "]".repeat(200));
         assert_eq!(code("POST", "/v1/max", &deep), Code::Parse);
     }
@@ -697,12 +649,13 @@ mod tests {
             assert_eq!(http_error("GET", target).status, 404, "{target}");
         }
         let e = http_error("POST", "/healthz");
-        assert_eq!((e.status, e.code, e.allow), (405, "method", Some("GET")));
-        for (m, t) in [("POST", "/pi"), ("PUT", "/metrics"), ("HEAD", "/statistics")] {
-            assert_eq!(http_error(m, t).allow, Some("GET"));
+        assert_eq!((e.status, e.code, e.allow), (405, "method", Some("GET, HEAD")));
+        for (m, t) in [("POST", "/pi"), ("PUT", "/metrics"), ("DELETE", "/statistics")] {
+            assert_eq!(http_error(m, t).allow, Some("GET, HEAD"));
         }
         let e = http_error("DELETE", "/v1/max");
-        assert_eq!((e.status, e.allow), (405, Some("GET, POST")));
+        assert_eq!((e.status, e.allow), (405, Some("GET, HEAD, POST")));
+        assert_eq!(run("HEAD", "/healthz", ""), Action::Healthz);
     }
 
     proptest::proptest! {
@@ -715,7 +668,7 @@ mod tests {
             seed in proptest::bool::ANY,
         ) {
             let path = if seed { "/pi".to_string() } else { format!("/v1/{seg}") };
-            let req = HttpRequest {
+            let mut req = HttpRequest {
                 method,
                 path,
                 query,
@@ -723,9 +676,9 @@ mod tests {
                 keep_alive: true,
             };
             let all = vec![true; OPS.len()];
-            match route(&req, &ctx(&all)) {
-                Action::Request { req, .. } => proptest::prop_assert!(req.json),
-                Action::Reject(r) => proptest::prop_assert!(r.json),
+            match route(&mut req, &ctx(&all), false) {
+                Action::Request { req, .. } => proptest::prop_assert!(req.format.is_json()),
+                Action::Reject(r) => proptest::prop_assert!(r.format.is_json()),
                 _ => {}
             }
         }

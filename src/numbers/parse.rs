@@ -451,45 +451,142 @@ pub(super) fn parse_text_with(args: &[u8], isa: Isa) -> Result<Values, ValueErro
     acc.finish()
 }
 
-/// JSON "values": each element a JSON number or a string holding a number of the text grammar
+/// JSON "values": the text of a JSON array (the event loop has checked its structure and
+/// counted it), each element a JSON number or a string holding a number of the text grammar
 /// ("9223372036854775807"). A JSON number that is an i64 counts as integer; a u64 above
 /// i64::MAX or a float makes the request doubles. Any other element type is a parse error
-/// naming its position.
-pub fn parse_json_values(vals: &[serde_json::Value]) -> Result<Values, ValueError> {
-    use serde_json::Value;
-    let mut acc = Acc::new(vals.len());
-    for (k, v) in vals.iter().enumerate() {
-        let pos = k + 1;
-        match v {
-            Value::Number(num) => {
-                if let Some(i) = num.as_i64() {
-                    acc.push_int(i);
-                } else if let Some(u) = num.as_u64() {
-                    acc.push_float(u as f64, pos, b"");
-                } else {
-                    // Without serde_json's arbitrary_precision every number is an i64, u64
-                    // or finite f64; with it, a huge literal becomes infinite (range) here.
-                    let text = num.to_string();
-                    match num.as_f64() {
-                        Some(x) => acc.push_float(x, pos, text.as_bytes()),
-                        None => return Err(not_a_number(pos, text.as_bytes())),
-                    }
+/// naming its position. The elements are read one by one from the text, never into a tree of
+/// `serde_json::Value`s: a big JSON request costs its values and nothing else.
+pub fn parse_json_values(array: &[u8]) -> Result<Values, ValueError> {
+    use serde::Deserializer as _;
+    let mut de = serde_json::Deserializer::from_slice(array);
+    let acc = Acc::new(count_values(array, Isa::detect()) + SLACK);
+    let mut visitor = JsonValues {
+        acc,
+        pos: 0,
+        error: None,
+    };
+    let outcome = de.deserialize_seq(&mut visitor);
+    if let Some(e) = visitor.error.take() {
+        return Err(e);
+    }
+    match outcome.and_then(|()| de.end()) {
+        Ok(()) => visitor.acc.finish(),
+        Err(e) => Err(ValueError::parse(format!(
+            "value {} is not valid JSON ({e})",
+            visitor.pos + 1
+        ))),
+    }
+}
+
+/// Feeds the elements of a JSON array into an [`Acc`]. A fault of ours (a value that is not a
+/// number) is kept in `error` and stops the walk with a placeholder serde error.
+struct JsonValues {
+    acc: Acc,
+    /// Elements taken so far.
+    pos: usize,
+    error: Option<ValueError>,
+}
+
+/// One element of the array, pushed as it is read.
+struct JsonElement<'a>(&'a mut JsonValues);
+
+impl<'de> serde::de::Visitor<'de> for &mut JsonValues {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of numbers")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        loop {
+            self.pos += 1;
+            match seq.next_element_seed(JsonElement(&mut *self)) {
+                Ok(Some(())) => {}
+                Ok(None) => {
+                    self.pos -= 1;
+                    return Ok(());
                 }
+                Err(e) => return Err(e),
             }
-            Value::String(s) => {
-                let b = s.as_bytes();
-                let (scan, end) = scan_value(b, 0);
-                // A string must hold exactly one value: no separators, no surrounding blanks.
-                let scan = if end == b.len() { scan } else { Scan::Invalid };
-                acc.push_scanned(scan, pos, b)?;
-            }
-            Value::Null => return Err(json_type_error(pos, "null")),
-            Value::Bool(_) => return Err(json_type_error(pos, "a boolean")),
-            Value::Array(_) => return Err(json_type_error(pos, "an array")),
-            Value::Object(_) => return Err(json_type_error(pos, "an object")),
         }
     }
-    acc.finish()
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for JsonElement<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for JsonElement<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a number or a string holding one")
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        self.0.acc.push_int(v);
+        Ok(())
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        match i64::try_from(v) {
+            Ok(i) => self.0.acc.push_int(i),
+            Err(_) => self.0.acc.push_float(v as f64, self.0.pos, b""),
+        }
+        Ok(())
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        // serde_json refuses number literals too large for a double, so `v` is finite.
+        self.0.acc.push_float(v, self.0.pos, b"");
+        Ok(())
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<(), E> {
+        let b = s.as_bytes();
+        let (scan, end) = scan_value(b, 0);
+        // A string must hold exactly one value: no separators, no surrounding blanks.
+        let scan = if end == b.len() { scan } else { Scan::Invalid };
+        let e = self.0.acc.push_scanned(scan, self.0.pos, b).err();
+        self.fail(e)
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<(), E> {
+        let pos = self.0.pos;
+        self.fail(Some(json_type_error(pos, "a boolean")))
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        let pos = self.0.pos;
+        self.fail(Some(json_type_error(pos, "null")))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        let pos = self.0.pos;
+        self.fail(Some(json_type_error(pos, "an array")))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        let pos = self.0.pos;
+        self.fail(Some(json_type_error(pos, "an object")))
+    }
+}
+
+impl JsonElement<'_> {
+    fn fail<E: serde::de::Error>(self, e: Option<ValueError>) -> Result<(), E> {
+        match e {
+            None => Ok(()),
+            Some(e) => {
+                self.0.error = Some(e);
+                Err(E::custom("stop"))
+            }
+        }
+    }
 }
 
 fn json_type_error(pos: usize, what: &str) -> ValueError {
@@ -701,10 +798,7 @@ mod tests {
 
     #[test]
     fn json_values() {
-        let p = |v: serde_json::Value| match v {
-            serde_json::Value::Array(a) => parse_json_values(&a),
-            _ => unreachable!(),
-        };
+        let p = |v: serde_json::Value| parse_json_values(v.to_string().as_bytes());
         assert_eq!(p(json!([1, 2, 3])), ints(&[1, 2, 3]));
         assert_eq!(p(json!([])), ints(&[]));
         assert_eq!(p(json!(["9223372036854775807", 1])), ints(&[i64::MAX, 1]));

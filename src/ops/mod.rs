@@ -8,7 +8,10 @@
 pub mod list;
 pub mod pi;
 
-use crate::numbers::{Num, Values};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use crate::numbers::{Num, ValueErrorKind, Values, parse_json_values, parse_text_list};
+use crate::protocol::{Code, Failure, Payload, Syntax};
 
 /// Index of an operation in [`OPS`].
 pub type OpId = usize;
@@ -21,6 +24,9 @@ pub struct LimitSpec {
     pub max: u64,
     pub doc: &'static str,
 }
+
+/// A list operation's computation, once its values are parsed.
+pub type ListFn = fn(&Values) -> Result<Output, String>;
 
 /// What arguments an operation takes on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +43,6 @@ pub enum ArgKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoopOp {
     Ping,
-    Users,
     Info,
     Help,
     Quit,
@@ -47,9 +52,12 @@ pub enum LoopOp {
 #[derive(Clone, Copy)]
 pub enum Exec {
     /// A list computation run on a worker once the values are parsed.
-    List(fn(&Values) -> Result<Output, String>),
+    List(ListFn),
     /// The Monte Carlo estimate of π, split into chunks run in parallel.
     Pi,
+    /// The user counts, rendered on a worker from a snapshot: the table
+    /// can hold `max_users` names, too many to write on the loop.
+    Users,
     /// Answered by the event loop itself; never queued.
     Loop(LoopOp),
 }
@@ -77,12 +85,34 @@ pub enum Output {
         chunks: u32,
     },
     Word(&'static str),
-    /// `users`: (name, request count), sorted by the names' bytes.
-    Users(Vec<(String, u64)>),
+    /// `users`: the table, rendered.
+    Users(UsersTable),
     /// `info`: key/value pairs in a fixed order.
     Info(Vec<(String, InfoValue)>),
     /// `help`: the operation names.
     Help(Vec<&'static str>),
+}
+
+/// The `users` table rendered as its JSON array (the same text in text
+/// and JSON replies), and how many names it holds (what the results log
+/// keeps of it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsersTable {
+    pub json: Vec<u8>,
+    pub names: usize,
+}
+
+impl UsersTable {
+    /// Sorts (name, count) pairs by the names' bytes and renders them.
+    pub fn render<S: AsRef<str>>(mut users: Vec<(S, u64)>) -> UsersTable {
+        users.sort_unstable_by(|a, b| a.0.as_ref().as_bytes().cmp(b.0.as_ref().as_bytes()));
+        let mut json = Vec::with_capacity(2 + users.len() * 48);
+        crate::protocol::reply::write_users_json(&mut json, users.iter().map(|(n, c)| (n.as_ref(), *c)));
+        UsersTable {
+            json,
+            names: users.len(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -156,7 +186,14 @@ pub static OPS: &[OpSpec] = &[
         exec: Exec::Pi,
         limits: PI_LIMITS,
     },
-    loop_op!("users", "request counts per user", LoopOp::Users, true),
+    OpSpec {
+        name: "users",
+        summary: "request counts per user",
+        args: ArgKind::None,
+        stream_only: true,
+        exec: Exec::Users,
+        limits: &[],
+    },
     loop_op!("info", "daemon figures", LoopOp::Info, true),
     loop_op!("help", "this list", LoopOp::Help, true),
     loop_op!("quit", "close the connection", LoopOp::Quit, true),
@@ -181,6 +218,32 @@ pub fn cost(args: ArgKind, value_count: usize, samples: u64) -> u64 {
         ArgKind::Pi => samples.div_ceil(1000).max(1),
         ArgKind::None => 1,
     }
+}
+
+/// Parses a list request's values and runs its operation: the whole work
+/// of a list task, on a worker or (for tiny tasks) on the loop. A panic
+/// (a bug) costs that one request, never the thread that ran it.
+pub fn compute_list(exec: ListFn, payload: &Payload) -> Result<Output, Failure> {
+    let run = || {
+        let values = match payload.syntax {
+            Syntax::Text => parse_text_list(payload.values()),
+            Syntax::JsonArray => parse_json_values(payload.values()),
+        };
+        match values {
+            Err(e) => {
+                let code = match e.kind {
+                    ValueErrorKind::Parse => Code::Parse,
+                    ValueErrorKind::Range => Code::Range,
+                };
+                Err(Failure::new(code, e.message))
+            }
+            Ok(values) => exec(&values).map_err(|m| Failure::new(Code::Range, m)),
+        }
+    };
+    catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|_| {
+        log::error!("an operation panicked");
+        Err(Failure::internal())
+    })
 }
 
 #[cfg(test)]

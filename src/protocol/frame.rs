@@ -31,6 +31,8 @@ impl Framer {
             let rest = &buf[*pos..];
             if rest.is_empty() {
                 self.scanned = 0;
+                // At EOF nothing more of a discarded line can come.
+                self.discarding &= !eof;
                 return None;
             }
             if self.discarding {
@@ -42,6 +44,8 @@ impl Framer {
                     }
                     None => {
                         *pos = buf.len();
+                        // At EOF nothing more of the line can come.
+                        self.discarding = !eof;
                         return None;
                     }
                 }
@@ -61,7 +65,9 @@ impl Framer {
                     }
                     return Some(Frame::Line(line));
                 }
-                None if rest.len() > max => {
+                // A '\r' at the very end may be the start of a "\r\n" and
+                // not part of the line.
+                None if rest.len() > max + usize::from(rest.last() == Some(&b'\r')) => {
                     let json = first_non_blank(rest) == Some(b'{');
                     self.discarding = !eof;
                     self.scanned = 0;

@@ -1,241 +1,245 @@
 //! The head of a text request: `[#id] [@user] op [args]`.
 //!
-//! The loop decides everything down to `empty` here (SPEC section 1 error
-//! precedence) by counting list values without parsing them; the numbers
-//! themselves are parsed later on a worker.
+//! The loop decides everything down to `empty` here (the error precedence
+//! of taskd(8)) by counting list values without parsing them; the numbers
+//! themselves are parsed later on a worker. The checks after the op is
+//! known (`denied`, `tcp-only`, `too-many`, `empty`, pi's `range`) are
+//! shared with JSON requests and HTTP.
 
-use super::{Args, Code, Id, ParseCtx, RawValues, Rejection, Request, sanitize};
+use super::{Args, Code, Failure, Format, Id, Name, ParseCtx, Rejection, Request, Syntax, sanitize};
 use crate::numbers::count_text_values;
 use crate::ops::{ArgKind, OPS, OpId, PI_MAX_CHUNKS, lookup_bytes};
-
-const MAX_NAME: usize = 64;
 
 fn is_blank(b: u8) -> bool {
     b == b' ' || b == b'\t'
 }
 
-/// Splits off the first token; returns (token, rest with leading blanks
-/// removed).
-fn token(s: &[u8]) -> (&[u8], &[u8]) {
-    let end = s.iter().position(|&b| is_blank(b)).unwrap_or(s.len());
-    let rest = &s[end..];
-    let skip = rest.iter().position(|&b| !is_blank(b)).unwrap_or(rest.len());
-    (&s[..end], &rest[skip..])
+/// The end of the token starting at `i`, and the start of the next one.
+fn token(s: &[u8], i: usize) -> (usize, usize) {
+    let end = s[i..]
+        .iter()
+        .position(|&b| is_blank(b))
+        .map_or(s.len(), |k| i + k);
+    let next = s[end..]
+        .iter()
+        .position(|&b| !is_blank(b))
+        .map_or(s.len(), |k| end + k);
+    (end, next)
 }
 
-fn trim_end(s: &[u8]) -> &[u8] {
-    let end = s.iter().rposition(|&b| !is_blank(b)).map_or(0, |i| i + 1);
-    &s[..end]
+pub fn malformed_id(id: &[u8]) -> Failure {
+    Failure::new(
+        Code::Parse,
+        format!(
+            "malformed id \"{}\": 1 to 64 letters, digits, '-', '_', '.', ':'",
+            sanitize(id, 32)
+        ),
+    )
 }
 
-pub fn valid_id(s: &[u8]) -> bool {
-    (1..=MAX_NAME).contains(&s.len())
-        && s.iter()
-            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+pub fn malformed_user(what: &str, user: &[u8]) -> Failure {
+    Failure::new(
+        Code::Parse,
+        format!(
+            "malformed {what} \"{}\": 1 to 64 letters, digits, '-', '_', '.'",
+            sanitize(user, 32)
+        ),
+    )
 }
 
-pub fn valid_user(s: &[u8]) -> bool {
-    (1..=MAX_NAME).contains(&s.len())
-        && s.iter()
-            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
-
-fn valid_op_name(s: &[u8]) -> bool {
+pub fn valid_op_name(s: &[u8]) -> bool {
     !s.is_empty()
         && s.iter()
             .all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// The part of a request that is known so far, for building rejections.
-struct Partial {
-    id: Option<Id>,
-    user: Option<String>,
-    op: Option<OpId>,
+/// What is known of a request so far, for building rejections.
+#[derive(Default)]
+pub(super) struct Partial {
+    pub id: Option<Id>,
+    pub user: Option<Name>,
+    pub op: Option<OpId>,
 }
 
 impl Partial {
-    fn reject(&self, code: Code, message: String) -> Rejection {
+    pub fn reject(&self, format: Format, failure: Failure) -> Rejection {
         Rejection {
-            id: self.id.clone(),
-            user: self.user.clone(),
+            id: self.id,
+            user: self.user,
             op: self.op,
-            json: false,
-            code,
-            message,
+            format,
+            failure,
         }
     }
 }
 
 pub fn parse(line: &[u8], ctx: &ParseCtx) -> Result<Request, Rejection> {
-    let start = line.iter().position(|&b| !is_blank(b)).unwrap_or(line.len());
-    let mut rest = trim_end(&line[start..]);
-    let mut p = Partial {
-        id: None,
-        user: None,
-        op: None,
-    };
+    let end = line.iter().rposition(|&b| !is_blank(b)).map_or(0, |i| i + 1);
+    let line = &line[..end];
+    let mut i = line.iter().position(|&b| !is_blank(b)).unwrap_or(line.len());
+    let mut p = Partial::default();
+    let fail = |p: &Partial, f: Failure| p.reject(Format::Text, f);
 
-    let (mut tok, mut after) = token(rest);
-    if let Some(id) = tok.strip_prefix(b"#") {
-        if !valid_id(id) {
-            return Err(p.reject(
-                Code::Parse,
-                format!(
-                    "malformed id \"{}\": 1 to 64 letters, digits, '-', '_', '.', ':'",
-                    sanitize(id, 32)
-                ),
-            ));
-        }
-        p.id = Some(Id::Text(String::from_utf8_lossy(id).into_owned()));
-        rest = after;
-        (tok, after) = token(rest);
+    let (mut tok_end, mut next) = token(line, i);
+    if line.get(i) == Some(&b'#') {
+        let id = &line[i + 1..tok_end];
+        p.id = Some(Id::Text(Name::id(id).ok_or_else(|| fail(&p, malformed_id(id)))?));
+        i = next;
+        (tok_end, next) = token(line, i);
     }
-    if let Some(user) = tok.strip_prefix(b"@") {
-        if !valid_user(user) {
-            return Err(p.reject(
-                Code::Parse,
-                format!(
-                    "malformed user \"{}\": 1 to 64 letters, digits, '-', '_', '.'",
-                    sanitize(user, 32)
-                ),
-            ));
-        }
-        p.user = Some(String::from_utf8_lossy(user).into_owned());
-        rest = after;
-        (tok, after) = token(rest);
+    if line.get(i) == Some(&b'@') {
+        let user = &line[i + 1..tok_end];
+        p.user = Some(Name::user(user).ok_or_else(|| fail(&p, malformed_user("user", user)))?);
+        i = next;
+        (tok_end, next) = token(line, i);
     }
+    let tok = &line[i..tok_end];
     if tok.is_empty() {
-        return Err(p.reject(Code::Parse, "missing operation".into()));
+        return Err(fail(&p, Failure::new(Code::Parse, "missing operation")));
     }
     if !valid_op_name(tok) {
-        return Err(p.reject(
-            Code::Parse,
-            format!("malformed operation \"{}\"", sanitize(tok, 32)),
-        ));
+        let m = format!("malformed operation \"{}\"", sanitize(tok, 32));
+        return Err(fail(&p, Failure::new(Code::Parse, m)));
     }
     let Some(op) = lookup_bytes(tok) else {
-        return Err(p.reject(
-            Code::UnknownOp,
-            format!("no operation \"{}\"; try help", sanitize(tok, 32)),
-        ));
+        let m = format!("no operation \"{}\"; try help", sanitize(tok, 32));
+        return Err(fail(&p, Failure::new(Code::UnknownOp, m)));
     };
     p.op = Some(op);
     let spec = &OPS[op];
-    let args_bytes = after;
+    let args = next..line.len();
 
     // Head faults (parse) come before unknown-op/denied in precedence, but
     // they can only be judged once the op is known; no later check of an
     // earlier rank can apply by then, so the order holds.
-    let pi_args = match spec.args {
-        ArgKind::None if !args_bytes.is_empty() => {
-            return Err(p.reject(Code::Parse, format!("{} takes no arguments", spec.name)));
+    let pi = match spec.args {
+        ArgKind::None if !args.is_empty() => {
+            let m = format!("{} takes no arguments", spec.name);
+            return Err(fail(&p, Failure::new(Code::Parse, m)));
         }
-        ArgKind::Pi => Some(parse_pi_args(args_bytes).map_err(|m| p.reject(Code::Parse, m))?),
+        ArgKind::Pi => Some(parse_pi_args(&line[args.clone()]).map_err(|f| fail(&p, f))?),
         _ => None,
     };
-    check_access(op, ctx).map_err(|(c, m)| p.reject(c, m))?;
-
-    let args = match spec.args {
-        ArgKind::None => Args::None,
-        ArgKind::Values => {
-            let count = count_text_values(args_bytes);
-            check_count(count, ctx).map_err(|(c, m)| p.reject(c, m))?;
+    check_access(op, ctx).map_err(|f| fail(&p, f))?;
+    let args = match (spec.args, pi) {
+        (ArgKind::Values, _) => {
+            let count = count_text_values(&line[args.clone()]);
+            check_count(count, ctx).map_err(|f| fail(&p, f))?;
             Args::Values {
-                raw: RawValues::Text(args_bytes.to_vec()),
+                span: args,
+                syntax: Syntax::Text,
                 count,
             }
         }
-        ArgKind::Pi => {
-            let (samples, chunks) = pi_args.unwrap_or((0, None));
-            check_pi_range(samples, chunks, ctx).map_err(|m| p.reject(Code::Range, m))?;
+        (ArgKind::Pi, Some((samples, chunks))) => {
+            let (samples, chunks) = check_pi_range(samples, chunks, ctx).map_err(|f| fail(&p, f))?;
             Args::Pi { samples, chunks }
         }
+        _ => Args::None,
     };
     Ok(Request {
         id: p.id,
         user: p.user,
         op,
         args,
-        json: false,
+        format: Format::Text,
     })
 }
 
-/// `denied` and `tcp-only`, shared with JSON requests.
-pub(super) fn check_access(op: OpId, ctx: &ParseCtx) -> Result<(), (Code, String)> {
+/// `denied` and `tcp-only`, shared with JSON requests and HTTP.
+pub fn check_access(op: OpId, ctx: &ParseCtx) -> Result<(), Failure> {
     let spec = &OPS[op];
     if !ctx.allowed.get(op).copied().unwrap_or(false) {
-        return Err((
-            Code::Denied,
-            format!("{} is not served on this listener", spec.name),
-        ));
+        let m = format!("{} is not served on this listener", spec.name);
+        return Err(Failure::new(Code::Denied, m));
     }
     if ctx.udp && spec.stream_only {
-        return Err((
-            Code::TcpOnly,
-            format!("{} is served over TCP, TLS and HTTP only", spec.name),
-        ));
+        let m = format!("{} is served over TCP, TLS and HTTP only", spec.name);
+        return Err(Failure::new(Code::TcpOnly, m));
     }
     Ok(())
 }
 
-/// `too-many` and `empty`, shared with JSON requests.
-pub(super) fn check_count(count: usize, ctx: &ParseCtx) -> Result<(), (Code, String)> {
+/// `too-many` and `empty`, shared with JSON requests and HTTP.
+pub fn check_count(count: usize, ctx: &ParseCtx) -> Result<(), Failure> {
     if count > ctx.max_values {
-        return Err((
-            Code::TooMany,
-            format!("{count} values, at most {} allowed", ctx.max_values),
-        ));
+        let m = format!("{count} values, at most {} allowed", ctx.max_values);
+        return Err(Failure::new(Code::TooMany, m));
     }
     if count == 0 {
-        return Err((Code::Empty, "no values given".into()));
+        return Err(Failure::new(Code::Empty, "no values given"));
     }
     Ok(())
 }
 
-fn parse_unsigned(tok: &[u8], what: &str) -> Result<u64, String> {
-    if tok.is_empty() || !tok.iter().all(u8::is_ascii_digit) {
-        return Err(format!(
-            "{what} \"{}\" is not an unsigned decimal integer",
-            sanitize(tok, 32)
-        ));
-    }
-    // All digits: the only failure left is overflow, which is out of range
-    // rather than malformed; saturate so the range check reports it.
-    Ok(std::str::from_utf8(tok)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(u64::MAX))
+/// A pi argument as the client wrote it: the number, or None when its
+/// digits do not fit 64 bits; and the name the range message uses.
+#[derive(Debug, Clone, Copy)]
+pub struct PiArg<'a> {
+    pub value: Option<u64>,
+    pub digits: &'a [u8],
 }
 
-fn parse_pi_args(args: &[u8]) -> Result<(u64, Option<u32>), String> {
-    let (s, rest) = token(args);
-    if s.is_empty() {
-        return Err("pi needs SAMPLES [CHUNKS]".into());
+impl<'a> PiArg<'a> {
+    /// An unsigned decimal integer (`1e6`, signs, blanks: parse errors).
+    pub fn parse(tok: &'a [u8], what: &str) -> Result<PiArg<'a>, Failure> {
+        if tok.is_empty() || !tok.iter().all(u8::is_ascii_digit) {
+            let m = format!(
+                "{what} \"{}\" is not an unsigned decimal integer",
+                sanitize(tok, 32)
+            );
+            return Err(Failure::new(Code::Parse, m));
+        }
+        // All digits: the only failure left is overflow, which is out of
+        // range rather than malformed; the range check names the digits.
+        let value = std::str::from_utf8(tok).ok().and_then(|s| s.parse().ok());
+        Ok(PiArg { value, digits: tok })
     }
-    let samples = parse_unsigned(s, "SAMPLES")?;
-    let (c, rest) = token(rest);
-    if !rest.is_empty() {
-        return Err("pi takes at most two arguments: SAMPLES [CHUNKS]".into());
+}
+
+fn parse_pi_args(args: &[u8]) -> Result<(PiArg<'_>, Option<PiArg<'_>>), Failure> {
+    let (end, next) = token(args, 0);
+    if end == 0 {
+        return Err(Failure::new(Code::Parse, "pi needs SAMPLES [CHUNKS]"));
     }
-    if c.is_empty() {
+    let samples = PiArg::parse(&args[..end], "SAMPLES")?;
+    let (c_end, rest) = token(args, next);
+    if rest < args.len() {
+        let m = "pi takes at most two arguments: SAMPLES [CHUNKS]";
+        return Err(Failure::new(Code::Parse, m));
+    }
+    if c_end == next {
         return Ok((samples, None));
     }
-    let chunks = parse_unsigned(c, "CHUNKS")?;
-    Ok((samples, Some(u32::try_from(chunks).unwrap_or(u32::MAX))))
+    Ok((samples, Some(PiArg::parse(&args[next..c_end], "CHUNKS")?)))
 }
 
-/// The `range` checks of pi's arguments, shared with JSON requests.
-pub(super) fn check_pi_range(samples: u64, chunks: Option<u32>, ctx: &ParseCtx) -> Result<(), String> {
-    if samples < 1 || samples > ctx.max_samples {
-        return Err(format!("SAMPLES {samples} out of range 1..={}", ctx.max_samples));
+/// The `range` checks of pi's arguments, shared with JSON requests and
+/// HTTP (which rename SAMPLES and CHUNKS in the message). Messages show
+/// the client's own digits, also when they do not fit 64 bits.
+pub fn check_pi_range(
+    samples: PiArg,
+    chunks: Option<PiArg>,
+    ctx: &ParseCtx,
+) -> Result<(u64, Option<u32>), Failure> {
+    let out_of_range = |what: &str, arg: &PiArg, max: u64| {
+        let m = format!(
+            "{what} {} out of range 1..={max}",
+            String::from_utf8_lossy(arg.digits)
+        );
+        Failure::new(Code::Range, m)
+    };
+    let n = match samples.value {
+        Some(n) if (1..=ctx.max_samples).contains(&n) => n,
+        _ => return Err(out_of_range("SAMPLES", &samples, ctx.max_samples)),
+    };
+    let Some(c) = chunks else { return Ok((n, None)) };
+    let max = PI_MAX_CHUNKS.min(n);
+    match c.value {
+        // At most 1024 here, so the conversion cannot fail.
+        Some(k) if (1..=max).contains(&k) => Ok((n, Some(k as u32))),
+        _ => Err(out_of_range("CHUNKS", &c, max)),
     }
-    if let Some(c) = chunks {
-        let max = PI_MAX_CHUNKS.min(samples);
-        if c < 1 || u64::from(c) > max {
-            return Err(format!("CHUNKS {c} out of range 1..={max}"));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -249,32 +253,33 @@ mod tests {
             max_samples: 1_000_000,
             allowed,
             udp,
-            workers: 2,
+        }
+    }
+
+    fn failure(line: &str) -> Failure {
+        let all = vec![true; OPS.len()];
+        match parse(line.as_bytes(), &ctx(&all, false)) {
+            Ok(r) => panic!("{line:?} accepted: {r:?}"),
+            Err(r) => r.failure,
         }
     }
 
     fn code(line: &str) -> Code {
-        let all = vec![true; OPS.len()];
-        match parse(line.as_bytes(), &ctx(&all, false)) {
-            Ok(r) => panic!("{line:?} accepted: {r:?}"),
-            Err(r) => r.code,
-        }
+        failure(line).code
     }
 
     #[test]
     fn heads_parse() {
         let all = vec![true; OPS.len()];
-        let r = parse(b"  #a.b:c @alice\tSUM 1 2  ", &ctx(&all, false)).unwrap();
-        assert_eq!(r.id, Some(Id::Text("a.b:c".into())));
-        assert_eq!(r.user.as_deref(), Some("alice"));
+        let line = b"  #a.b:c @alice\tSUM 1 2  ";
+        let r = parse(line, &ctx(&all, false)).unwrap();
+        assert_eq!(r.id, Name::id(b"a.b:c").map(Id::Text));
+        assert_eq!(r.user, Name::user(b"alice"));
         assert_eq!(r.op, lookup("sum").unwrap());
-        assert_eq!(
-            r.args,
-            Args::Values {
-                raw: RawValues::Text(b"1 2".to_vec()),
-                count: 2
-            }
-        );
+        let Args::Values { span, count, .. } = r.args else {
+            panic!("{:?}", r.args)
+        };
+        assert_eq!((&line[span], count), (&b"1 2"[..], 2));
         let r = parse(b"pi 100 3", &ctx(&all, false)).unwrap();
         assert_eq!(
             r.args,
@@ -301,6 +306,17 @@ mod tests {
         assert_eq!(code("max 1 2 3 4 x"), Code::TooMany);
         assert_eq!(code("#7"), Code::Parse);
         assert_eq!(code("max!"), Code::Parse);
+        assert_eq!(code("pi 1 2 3"), Code::Parse);
+    }
+
+    #[test]
+    fn range_messages_show_the_clients_digits() {
+        let m = failure("pi 99999999999999999999999").message;
+        assert_eq!(m, "SAMPLES 99999999999999999999999 out of range 1..=1000000");
+        let m = failure("pi 10 4294967296").message;
+        assert_eq!(m, "CHUNKS 4294967296 out of range 1..=10");
+        let m = failure("pi 10 007000").message;
+        assert_eq!(m, "CHUNKS 007000 out of range 1..=10");
     }
 
     #[test]
@@ -308,9 +324,12 @@ mod tests {
         let mut allowed = vec![true; OPS.len()];
         allowed[lookup("max").unwrap()] = false;
         let r = parse(b"#1 max", &ctx(&allowed, false)).unwrap_err();
-        assert_eq!((r.code, r.id), (Code::Denied, Some(Id::Text("1".into()))));
+        assert_eq!(
+            (r.failure.code, r.id),
+            (Code::Denied, Name::id(b"1").map(Id::Text))
+        );
         let all = vec![true; OPS.len()];
         let r = parse(b"users", &ctx(&all, true)).unwrap_err();
-        assert_eq!(r.code, Code::TcpOnly);
+        assert_eq!(r.failure.code, Code::TcpOnly);
     }
 }

@@ -1,24 +1,48 @@
 //! Reply lines, text and JSON. Numbers are written by `Num::write_to` in
 //! both forms, because serde_json's own float output (`31.0`) is not the
-//! ECMAScript form the contract asks for.
-
-use std::io::Write;
+//! ECMAScript form the contract asks for. Nothing here goes through
+//! `core::fmt`: a reply is a handful of appends to the output buffer.
 
 use super::{Code, Id};
 use crate::numbers::Num;
 use crate::ops::{InfoValue, Output};
 
-fn json_str(out: &mut Vec<u8>, s: &str) {
-    // Writing a &str to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
+/// An integer's decimal digits.
+pub fn push_int(out: &mut Vec<u8>, n: impl Into<i128>) {
+    Num::Int(n.into()).write_to(out);
 }
 
-fn write_id(out: &mut Vec<u8>, id: &Id) {
+/// A JSON string. Most strings here (names, ids, codes, messages) need no
+/// escape and are copied as they are; the rest go through serde_json, and
+/// U+2028, U+2029 and U+FEFF are escaped too, so that a line stays one
+/// line for every JSON reader.
+pub fn json_str(out: &mut Vec<u8>, s: &str) {
+    let plain = s
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
+    if plain {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
+    // Writing a &str to a Vec cannot fail.
+    let start = out.len();
+    let _ = serde_json::to_writer(&mut *out, s);
+    if s.contains(['\u{2028}', '\u{2029}', '\u{feff}']) {
+        let escaped = String::from_utf8_lossy(&out[start..])
+            .replace('\u{2028}', "\\u2028")
+            .replace('\u{2029}', "\\u2029")
+            .replace('\u{feff}', "\\ufeff");
+        out.truncate(start);
+        out.extend_from_slice(escaped.as_bytes());
+    }
+}
+
+pub fn write_id(out: &mut Vec<u8>, id: &Id) {
     match id {
-        Id::Text(s) => json_str(out, s),
-        Id::Int(n) => {
-            let _ = write!(out, "{n}");
-        }
+        Id::Text(s) => json_str(out, s.as_str()),
+        Id::Int(n) => push_int(out, *n),
     }
 }
 
@@ -30,7 +54,9 @@ fn text_prefix(out: &mut Vec<u8>, id: Option<&Id>) {
             out.push(b' ');
         }
         Some(Id::Int(n)) => {
-            let _ = write!(out, "#{n} ");
+            out.push(b'#');
+            push_int(out, *n);
+            out.push(b' ');
         }
         None => {}
     }
@@ -45,6 +71,7 @@ fn json_prefix(out: &mut Vec<u8>, id: Option<&Id>) {
     }
 }
 
+/// `[#id ]OK result\n`, or the JSON line `{"id"?,"ok":true,"result":…}`.
 pub fn write_ok(out: &mut Vec<u8>, id: Option<&Id>, json: bool, result: &Output) {
     if json {
         json_prefix(out, id);
@@ -59,6 +86,7 @@ pub fn write_ok(out: &mut Vec<u8>, id: Option<&Id>, json: bool, result: &Output)
     }
 }
 
+/// `[#id ]ERR code message\n`, or the JSON line of an error.
 pub fn write_err(out: &mut Vec<u8>, id: Option<&Id>, json: bool, code: Code, message: &str) {
     if json {
         json_prefix(out, id);
@@ -72,8 +100,6 @@ pub fn write_err(out: &mut Vec<u8>, id: Option<&Id>, json: bool, code: Code, mes
         out.extend_from_slice(b"ERR ");
         out.extend_from_slice(code.as_str().as_bytes());
         out.push(b' ');
-        // Messages are built from sanitized input, but a newline would
-        // split the reply in two, so make sure of it here.
         out.extend(
             message
                 .bytes()
@@ -83,75 +109,98 @@ pub fn write_err(out: &mut Vec<u8>, id: Option<&Id>, json: bool, code: Code, mes
     }
 }
 
-fn write_users_json(out: &mut Vec<u8>, users: &[(String, u64)]) {
+/// The `users` array: `[{"request_count":3,"username":"alice"},…]`.
+pub fn write_users_json<'a>(out: &mut Vec<u8>, users: impl IntoIterator<Item = (&'a str, u64)>) {
     out.push(b'[');
-    for (i, (name, count)) in users.iter().enumerate() {
+    for (i, (name, count)) in users.into_iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        let _ = write!(out, "{{\"request_count\":{count},\"username\":");
+        out.extend_from_slice(b"{\"request_count\":");
+        push_int(out, count);
+        out.extend_from_slice(b",\"username\":");
         json_str(out, name);
         out.push(b'}');
     }
     out.push(b']');
 }
 
+fn write_stats(out: &mut Vec<u8>, s: &crate::ops::list::Stats, json: bool) {
+    let [count, min, max, mean, median]: [&[u8]; 5] = if json {
+        [
+            b"{\"count\":",
+            b",\"min\":",
+            b",\"max\":",
+            b",\"mean\":",
+            b",\"median\":",
+        ]
+    } else {
+        [b"count=", b" min=", b" max=", b" mean=", b" median="]
+    };
+    out.extend_from_slice(count);
+    push_int(out, s.count as u64);
+    for (label, n) in [(min, s.min), (max, s.max), (mean, s.mean), (median, s.median)] {
+        out.extend_from_slice(label);
+        n.write_to(out);
+    }
+    if json {
+        out.push(b'}');
+    }
+}
+
 pub fn write_text_result(out: &mut Vec<u8>, result: &Output) {
     match result {
         Output::Num(n) => n.write_to(out),
-        Output::Stats(s) => {
-            let _ = write!(out, "count={} min=", s.count);
-            s.min.write_to(out);
-            out.extend_from_slice(b" max=");
-            s.max.write_to(out);
-            out.extend_from_slice(b" mean=");
-            s.mean.write_to(out);
-            out.extend_from_slice(b" median=");
-            s.median.write_to(out);
-        }
+        Output::Stats(s) => write_stats(out, s, false),
         Output::Pi { pi, samples, chunks } => {
             Num::Float(*pi).write_to(out);
-            let _ = write!(out, " samples={samples} chunks={chunks}");
+            out.extend_from_slice(b" samples=");
+            push_int(out, *samples);
+            out.extend_from_slice(b" chunks=");
+            push_int(out, *chunks);
         }
         Output::Word(w) => out.extend_from_slice(w.as_bytes()),
-        Output::Users(u) => write_users_json(out, u),
+        Output::Users(u) => out.extend_from_slice(&u.json),
         Output::Info(pairs) => {
             for (i, (k, v)) in pairs.iter().enumerate() {
                 if i > 0 {
                     out.push(b' ');
                 }
-                let _ = match v {
-                    InfoValue::Int(n) => write!(out, "{k}={n}"),
-                    InfoValue::Text(t) => write!(out, "{k}={t}"),
-                    InfoValue::Bool(b) => write!(out, "{k}={b}"),
-                };
+                out.extend_from_slice(k.as_bytes());
+                out.push(b'=');
+                match v {
+                    InfoValue::Int(n) => push_int(out, *n),
+                    InfoValue::Text(t) => out.extend_from_slice(t.as_bytes()),
+                    InfoValue::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+                }
             }
         }
-        Output::Help(names) => out.extend_from_slice(names.join(" ").as_bytes()),
+        Output::Help(names) => {
+            for (i, n) in names.iter().enumerate() {
+                if i > 0 {
+                    out.push(b' ');
+                }
+                out.extend_from_slice(n.as_bytes());
+            }
+        }
     }
 }
 
 pub fn write_json_result(out: &mut Vec<u8>, result: &Output) {
     match result {
         Output::Num(n) => n.write_to(out),
-        Output::Stats(s) => {
-            let _ = write!(out, "{{\"count\":{},\"min\":", s.count);
-            s.min.write_to(out);
-            out.extend_from_slice(b",\"max\":");
-            s.max.write_to(out);
-            out.extend_from_slice(b",\"mean\":");
-            s.mean.write_to(out);
-            out.extend_from_slice(b",\"median\":");
-            s.median.write_to(out);
-            out.push(b'}');
-        }
+        Output::Stats(s) => write_stats(out, s, true),
         Output::Pi { pi, samples, chunks } => {
             out.extend_from_slice(b"{\"pi\":");
             Num::Float(*pi).write_to(out);
-            let _ = write!(out, ",\"samples\":{samples},\"chunks\":{chunks}}}");
+            out.extend_from_slice(b",\"samples\":");
+            push_int(out, *samples);
+            out.extend_from_slice(b",\"chunks\":");
+            push_int(out, *chunks);
+            out.push(b'}');
         }
         Output::Word(w) => json_str(out, w),
-        Output::Users(u) => write_users_json(out, u),
+        Output::Users(u) => out.extend_from_slice(&u.json),
         Output::Info(pairs) => {
             out.push(b'{');
             for (i, (k, v)) in pairs.iter().enumerate() {
@@ -161,13 +210,9 @@ pub fn write_json_result(out: &mut Vec<u8>, result: &Output) {
                 json_str(out, k);
                 out.push(b':');
                 match v {
-                    InfoValue::Int(n) => {
-                        let _ = write!(out, "{n}");
-                    }
+                    InfoValue::Int(n) => push_int(out, *n),
                     InfoValue::Text(t) => json_str(out, t),
-                    InfoValue::Bool(b) => {
-                        let _ = write!(out, "{b}");
-                    }
+                    InfoValue::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
                 }
             }
             out.push(b'}');
@@ -188,10 +233,12 @@ pub fn write_json_result(out: &mut Vec<u8>, result: &Output) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::UsersTable;
+    use crate::protocol::Name;
 
-    fn text(id: Option<Id>, r: Output) -> String {
+    fn text(id: Option<Id>, out: Output) -> String {
         let mut v = Vec::new();
-        write_ok(&mut v, id.as_ref(), false, &r);
+        write_ok(&mut v, id.as_ref(), false, &out);
         String::from_utf8(v).unwrap()
     }
 
@@ -199,9 +246,10 @@ mod tests {
     fn text_replies() {
         assert_eq!(text(None, Output::Word("pong")), "OK pong\n");
         assert_eq!(
-            text(Some(Id::Text("42".into())), Output::Num(Num::Int(2))),
+            text(Name::id(b"42").map(Id::Text), Output::Num(Num::Int(2))),
             "#42 OK 2\n"
         );
+        assert_eq!(text(Some(Id::Int(-3)), Output::Word("bye")), "#-3 OK bye\n");
         let mut v = Vec::new();
         write_err(&mut v, None, false, Code::Parse, "bad\nthing");
         assert_eq!(v, b"ERR parse bad thing\n");
@@ -226,7 +274,7 @@ mod tests {
         v.clear();
         write_err(
             &mut v,
-            Some(&Id::Text("x".into())),
+            Name::id(b"x").map(Id::Text).as_ref(),
             true,
             Code::Empty,
             "no \"values\"",
@@ -235,8 +283,23 @@ mod tests {
         assert_eq!(j["error"], "empty");
         assert_eq!(j["ok"], false);
         v.clear();
-        write_ok(&mut v, None, true, &Output::Users(vec![("a\"b".into(), 3)]));
+        let table = UsersTable::render(vec![("a\"b", 3)]);
+        write_ok(&mut v, None, true, &Output::Users(table));
         let j: serde_json::Value = serde_json::from_slice(&v).unwrap();
         assert_eq!(j["result"][0]["request_count"], 3);
+    }
+
+    #[test]
+    fn line_separators_are_escaped() {
+        for s in ["a\u{2028}b", "\u{feff}", "x\u{2029}", "\u{1}"] {
+            let mut v = Vec::new();
+            json_str(&mut v, s);
+            let text = String::from_utf8(v.clone()).unwrap();
+            assert!(
+                !text.contains(['\u{2028}', '\u{2029}', '\u{feff}', '\u{1}']),
+                "{text}"
+            );
+            assert_eq!(serde_json::from_slice::<String>(&v).unwrap(), s);
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! The two-level task scheduler (SPEC section 3): a bounded incoming queue,
+//! The two-level task scheduler (ARCHITECTURE.md; taskd(8), "SCHEDULING"): a bounded incoming queue,
 //! a long-term scheduler that admits the best-scored task into a bounded
 //! ready queue under a policy (hrrn, sjf or fifo), and the ready queue that
 //! the worker pool takes tasks from in admission order.
@@ -88,6 +88,15 @@ impl<T> Scheduler<T> {
         self.next_seq += 1;
         self.incoming.push(cost_class(cost), task, seq, now);
         Ok(())
+    }
+
+    /// Enqueues a task that is already in the system and must not be lost
+    /// (the next slice of a running π chunk): the capacity does not apply.
+    /// Such tasks are bounded by the tasks already admitted.
+    pub fn requeue(&mut self, task: T, cost: u64, now: Instant) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.incoming.push(cost_class(cost), task, seq, now);
     }
 
     /// Long-term scheduler: while the ready queue holds fewer than

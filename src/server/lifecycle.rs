@@ -1,32 +1,40 @@
 //! The daemon's life around the requests: SIGHUP reloads, SIGUSR1 reopens
-//! the results log, SIGTERM/SIGINT drain (SPEC section 5).
+//! the results log, SIGTERM/SIGINT drain (taskd(8), SIGNALS); the loop's
+//! timers and systemd's watchdog.
 //!
 //! A drain has three phases: until `drain_delay_s` the daemon serves as
 //! usual (only `/healthz` says 503); then every new request is answered
 //! `shutting-down` while the tasks accepted before run to their answer;
 //! at `shutdown_timeout_s` whatever is still queued or running is answered
 //! `shutting-down`, and the loop ends once the replies are written.
+//!
+//! Sockets passed by systemd are never closed, but from the second phase on
+//! they are no longer accepted from or read: new connections and datagrams
+//! wait in the kernel's queues for the next instance, so a restart under
+//! socket activation refuses nothing. Once everything is answered, no
+//! listener is read any more and every connection left gets a lingering
+//! close; the loop ends when the clients have closed (or their 2 s are
+//! over), so the exit resets none of them.
 
 use std::collections::HashSet;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::conn::State;
+use super::conn::Phase;
 use super::listener::ListenerSettings;
-use super::{Server, Sock, ready_capacity, resolve_workers};
+use mio::{Interest, Token};
+
+use super::{LISTENER_BASE, Server, Sock, TICK, log_settings, ready_capacity, resolve_workers};
 use crate::config::{self, Config, listener_key};
-use crate::protocol::Code;
+use crate::protocol::Failure;
+use crate::signals::Signals;
 use crate::systemd;
 
 /// How long, past the shutdown timeout, replies may take to be written
 /// before the loop ends regardless.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
 
-/// While draining, a connection quiet for this long is closed; a client
-/// that just connected still gets its `shutting-down` answer first.
-const DRAIN_IDLE: Duration = Duration::from_secs(1);
-
-pub struct Drain {
+struct Drain {
     /// New requests are refused from this moment.
     refuse_from: Instant,
     /// Tasks still unanswered at this moment are answered `shutting-down`.
@@ -35,12 +43,82 @@ pub struct Drain {
     expired: bool,
 }
 
+/// Signals, timers and the state the daemon reports about itself.
+pub struct Life {
+    signals: Signals,
+    drain: Option<Drain>,
+    next_tick: Instant,
+    /// Half of WATCHDOG_USEC, and when WATCHDOG=1 is due next.
+    watchdog: Option<(Duration, Instant)>,
+    last_status: String,
+    pub started: Instant,
+    pub config_loaded_at: SystemTime,
+    pub last_reload_ok: bool,
+}
+
+impl Life {
+    pub fn new(signals: Signals, now: Instant) -> Life {
+        Life {
+            signals,
+            drain: None,
+            next_tick: now + TICK,
+            watchdog: systemd::watchdog_interval().map(|d| (d, now + d)),
+            last_status: String::new(),
+            started: now,
+            config_loaded_at: SystemTime::now(),
+            last_reload_ok: true,
+        }
+    }
+
+    /// Whether a drain has started (`/healthz` says 503).
+    pub fn draining(&self) -> bool {
+        self.drain.is_some()
+    }
+
+    /// The next moment a timer is due: the tick, the watchdog, a door to
+    /// open.
+    pub fn next_timer(&self, door: Option<Instant>) -> Instant {
+        let mut t = self.next_tick;
+        if let Some((_, due)) = self.watchdog {
+            t = t.min(due);
+        }
+        if let Some(d) = door {
+            t = t.min(d);
+        }
+        t
+    }
+
+    pub fn tick_due(&mut self, now: Instant) -> bool {
+        if now < self.next_tick {
+            return false;
+        }
+        self.next_tick = now + TICK;
+        true
+    }
+
+    /// WATCHDOG=1 at half of WATCHDOG_USEC, on its own timer: however the
+    /// turns fall, the gap stays under the interval systemd allows.
+    pub fn pet_watchdog(&mut self, now: Instant) {
+        if let Some((interval, due)) = self.watchdog
+            && now >= due
+        {
+            systemd::watchdog();
+            self.watchdog = Some((interval, now + interval));
+        }
+    }
+
+    /// STATUS=, when it changed.
+    pub fn status(&mut self, status: String) {
+        if status != self.last_status {
+            systemd::status(&status);
+            self.last_status = status;
+        }
+    }
+}
+
 impl Server {
     pub(super) fn on_signals(&mut self, now: Instant) {
-        let Some(signals) = self.signals.as_mut() else {
-            return;
-        };
-        let pending = signals.take();
+        let pending = self.life.signals.take();
         if pending.terminate {
             self.start_drain(now);
         }
@@ -49,12 +127,12 @@ impl Server {
         }
         if pending.reopen {
             log::info!("SIGUSR1: reopening the results log");
-            self.reopen_files();
+            self.books.files.reopen(log_settings(&self.cfg));
         }
     }
 
     fn start_drain(&mut self, now: Instant) {
-        if self.drain.is_some() {
+        if self.life.drain.is_some() {
             return;
         }
         let delay = self.cfg.server.drain_delay;
@@ -65,117 +143,131 @@ impl Server {
             timeout.as_secs()
         );
         systemd::stopping();
-        self.drain = Some(Drain {
+        self.life.drain = Some(Drain {
             refuse_from: now + delay,
             deadline: now + timeout,
             expired: false,
         });
+        // Without a delay, the passed sockets are left alone right away.
+        self.drain_tick(now);
     }
 
     /// Whether new requests are answered `shutting-down`.
     pub(super) fn refusing(&self, now: Instant) -> bool {
-        self.drain.as_ref().is_some_and(|d| now >= d.refuse_from)
+        self.life.drain.as_ref().is_some_and(|d| now >= d.refuse_from)
     }
 
-    /// Whether `/healthz` reports draining.
-    #[allow(dead_code)]
-    pub(super) fn draining(&self) -> bool {
-        self.drain.is_some()
-    }
-
-    /// The drain's timers: closing connections with nothing in flight,
-    /// and at the deadline answering every task left.
+    /// The drain's deadline: every task left is answered `shutting-down`.
     pub(super) fn drain_tick(&mut self, now: Instant) {
-        let Some(d) = &self.drain else { return };
-        if now < d.refuse_from {
+        if self.refusing(now) {
+            self.stop_listening(true);
+        }
+        let Some(d) = self.life.drain.as_mut() else { return };
+        if now < d.deadline || d.expired {
             return;
         }
-        let past_deadline = now >= d.deadline && !d.expired;
-        let idle: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| {
-                c.state == State::Open
-                    && c.inflight == 0
-                    && c.all_sent()
-                    && now.duration_since(c.last_active) >= DRAIN_IDLE
-            })
-            .map(|(k, _)| k)
-            .collect();
-        for key in idle {
-            if let Some(c) = self.conns.get_mut(key) {
-                c.state = State::Finishing;
-            }
-            self.maybe_finish(key, now);
-        }
-        if past_deadline {
-            if let Some(d) = self.drain.as_mut() {
-                d.expired = true;
-            }
-            self.abandon_tasks(now);
-        }
-    }
-
-    /// Answers every queued or running task `shutting-down`. Results that
-    /// workers deliver later find no task and are dropped.
-    fn abandon_tasks(&mut self, now: Instant) {
+        d.expired = true;
         let left = self.tasks.len();
-        if left == 0 {
-            return;
+        if left > 0 {
+            log::warn!("shutdown timeout: answering {left} unfinished tasks with shutting-down");
         }
-        log::warn!("shutdown timeout: answering {left} unfinished tasks with shutting-down");
-        self.sched.drain_all();
-        self.chunking.clear();
-        let keys: Vec<usize> = self.tasks.iter().map(|(k, _)| k).collect();
-        for key in keys {
-            let task = self.tasks.remove(key);
-            self.finish(
-                task,
-                Err((Code::ShuttingDown, "taskd is shutting down".into())),
-                now,
-            );
+        for f in self.tasks.abandon_all(&Failure::shutting_down(), now) {
+            self.finish(f, now);
         }
-        self.running = 0;
-        self.flush_dirty(now);
+        self.write_all(now);
     }
 
-    /// Whether the loop may end: every task answered and every reply
-    /// written (or the final grace period after the deadline is over).
+    /// Whether the loop may end: every task answered, every reply written
+    /// and every connection closed (or the final grace period after the
+    /// deadline is over). Once all is answered, nothing more is accepted
+    /// or read, and the connections left get a lingering close: a client
+    /// sees the end of its connection, not a reset by the exit.
     pub(super) fn drain_complete(&mut self, now: Instant) -> bool {
-        let Some(d) = &self.drain else { return false };
+        let Some(d) = &self.life.drain else { return false };
         if now < d.refuse_from {
             return false;
+        }
+        if now >= d.deadline + FINAL_FLUSH {
+            return true;
         }
         let written = self
             .conns
             .iter()
-            .all(|(_, c)| c.all_sent() || matches!(c.state, State::Lingering { .. }));
-        let done = self.tasks.is_empty() && self.batches.is_empty() && written;
-        done || now >= d.deadline + FINAL_FLUSH
+            .all(|(_, c)| c.session.all_sent() || matches!(c.session.phase(), Phase::Lingering { .. }));
+        if !(self.tasks.is_empty() && self.batches.is_empty() && written) {
+            return false;
+        }
+        self.stop_listening(false);
+        let open: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.session.phase() == Phase::Open)
+            .map(|(k, _)| k)
+            .collect();
+        for key in open {
+            self.end_requests(key);
+        }
+        self.write_all(now);
+        self.conns.is_empty()
+    }
+
+    /// Stops accepting and reading on the sockets systemd passed
+    /// (`passed_only`), or on every listener. The sockets stay open: new
+    /// connections and datagrams wait in the kernel's queues, for the next
+    /// instance when systemd holds the sockets. A UDP socket stays
+    /// registered for writing, for the replies still queued.
+    fn stop_listening(&mut self, passed_only: bool) {
+        let door_open = self.door.is_open();
+        for (key, l) in self.listeners.iter_mut() {
+            if l.stopped || (passed_only && !l.passed) {
+                continue;
+            }
+            l.stopped = true;
+            let registry = self.poll.registry();
+            let result = match &mut l.sock {
+                // A closed door has taken it out of the loop already.
+                Sock::Tcp(_) if !door_open => Ok(()),
+                Sock::Tcp(t) => registry.deregister(t),
+                Sock::Udp(u, _) => registry.reregister(u, Token(LISTENER_BASE + key), Interest::WRITABLE),
+            };
+            let s = &l.settings.cfg;
+            match result {
+                Ok(()) if l.passed => log::info!(
+                    "draining: {} {} (socket from systemd) left to the next start",
+                    s.proto.as_str(),
+                    s.address
+                ),
+                Ok(()) => {}
+                Err(e) => log::warn!("cannot stop listening on {} {}: {e}", s.proto.as_str(), s.address),
+            }
+        }
     }
 
     /// SIGHUP: read and validate the whole configuration again; apply it
     /// only if all of it is valid and every new listener could be bound.
+    /// This is the loop's one blocking step: reading the files and the
+    /// certificates (milliseconds; taskd(8) says so).
     pub(super) fn reload(&mut self) {
         systemd::reloading();
         log::info!("SIGHUP: reloading the configuration");
+        let started = Instant::now();
         let result = config::load(self.config_path.as_deref(), &|k| std::env::var_os(k))
             .map_err(|e| e.to_string())
             .and_then(|new| self.apply(new));
         match result {
             Ok(()) => {
-                self.last_reload_ok = true;
-                self.config_loaded_at = SystemTime::now();
-                log::info!("reload done");
+                self.life.last_reload_ok = true;
+                self.life.config_loaded_at = SystemTime::now();
+                log::info!("reload done in {:.1} ms", started.elapsed().as_secs_f64() * 1e3);
             }
             Err(e) => {
-                self.last_reload_ok = false;
+                self.life.last_reload_ok = false;
                 log::error!("reload failed; still running on the previous configuration:\n{e}");
             }
         }
         let status = self.status_line();
         systemd::ready(&status);
-        self.last_status = status;
+        self.life.status(status);
     }
 
     fn apply(&mut self, mut new: Config) -> Result<(), String> {
@@ -204,6 +296,10 @@ impl Server {
                 }
             }
         }
+        let workers = resolve_workers(new.server.workers);
+        self.pool
+            .resize(workers)
+            .map_err(|e| format!("cannot start {workers} workers: {e}"))?;
 
         if new.server.state_dir != self.cfg.server.state_dir {
             log::warn!(
@@ -231,26 +327,18 @@ impl Server {
                 listener.settings = Rc::clone(s);
             }
         }
-
-        let workers = resolve_workers(self.cfg.server.workers);
-        if workers > self.workers {
-            self.pool
-                .resize(workers)
-                .map_err(|e| format!("cannot start {workers} workers: {e}"))?;
+        if workers != self.workers {
+            log::info!("workers: {} -> {workers}", self.workers);
             self.workers = workers;
-        } else if workers < self.workers {
-            log::warn!(
-                "workers cannot shrink while running ({} now); restart to apply {workers}",
-                self.workers
-            );
         }
-        self.sched.reconfigure(
+        self.tasks.reconfigure(
             self.cfg.scheduler.policy,
             self.cfg.scheduler.incoming_capacity,
-            ready_capacity(self.cfg.scheduler.ready_capacity, self.workers),
+            ready_capacity(self.cfg.scheduler.ready_capacity, workers),
         );
-        self.users.set_max_users(self.cfg.limits.max_users);
-        self.reopen_files();
+        self.budget.set_max(self.cfg.limits.max_buffered_bytes);
+        self.books.configure(&self.cfg);
+        self.books.files.reopen(log_settings(&self.cfg));
         Ok(())
     }
 
@@ -265,10 +353,5 @@ impl Server {
             Sock::Tcp(t) => self.poll.registry().deregister(t),
             Sock::Udp(u, _) => self.poll.registry().deregister(u),
         };
-    }
-
-    /// Reopens the results log (SIGUSR1, and after a reload).
-    pub(super) fn reopen_files(&mut self) {
-        self.files.reopen(super::log_settings(&self.cfg));
     }
 }

@@ -1,28 +1,39 @@
 //! The event loop: one mio `Poll` owns every listening socket and every
-//! connection. It frames lines, parses request heads, answers what it can
-//! by itself, queues the rest as tasks in the scheduler, hands ready tasks
-//! to idle workers and sends the results back in request order.
+//! connection. Each turn runs its phases once, in this order:
+//!
+//! 1. signals: start a drain, reload, reopen the results log;
+//! 2. results: finished jobs from the workers become replies in place;
+//! 3. accept: new connections, a capped number per listener (`door.rs`);
+//! 4. read: readable connections are read, framed and each request
+//!    dispatched (`stream.rs`, `udp.rs`, `dispatch.rs`);
+//! 5. pump: ready work to idle workers (`crate::tasks` decides what);
+//! 6. write: connections with new output are written;
+//! 7. timers: idle and lingering connections, the drain, users.json,
+//!    STATUS= and the watchdog.
+//!
+//! Nothing is handled inside another phase, so no phase re-enters another;
+//! whatever a phase leaves for later (a connection cut short by a fairness
+//! cap, one that may read again) is picked up by the next turn, which then
+//! polls without waiting.
 //!
 //! Architecture invariant: only this loop touches sockets, and it never
 //! blocks: numbers are parsed and computed on workers, files are written by
-//! the writer thread.
-//!
-//! The loop's work is split by subject: `stream.rs` (accepting, reading,
-//! writing, closing stream connections), `udp.rs` (datagrams), `tasks.rs`
-//! (scheduler and pool), `lifecycle.rs` (signals, reload, drain, systemd).
+//! the writer thread. The one exception is SIGHUP's reload, which reads and
+//! checks the configuration and certificates on the loop (a few
+//! milliseconds; taskd(8) says so).
 
-pub mod conn;
-mod http_conn;
+mod budget;
+mod conn;
+mod dispatch;
+mod door;
 mod lifecycle;
-pub mod listener;
+mod listener;
 mod record;
 mod stream;
-mod task;
-mod tasks;
 mod udp;
 mod udp_io;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -36,34 +47,33 @@ use slab::Slab;
 
 use crate::config::{Config, ListenerConfig, Proto};
 use crate::files::{self, FileWriter, LogSettings};
-use crate::metrics::Metrics;
-use crate::ops::{InfoValue, LoopOp, OPS, Output};
 use crate::pool::Pool;
-use crate::protocol::{Code, ParseCtx};
-use crate::ratelimit::RateLimited;
-use crate::sched::Scheduler;
 use crate::signals::Signals;
 use crate::systemd::{self, Passed};
-use crate::users::UserCounts;
-use conn::Conn;
-use lifecycle::Drain;
+use crate::tasks::Tasks;
+use budget::Budget;
+use conn::Buffers;
+use dispatch::Answer;
+use door::Door;
+use lifecycle::Life;
 use listener::ListenerSettings;
+use record::Books;
+use stream::Conn;
 use udp::{UdpBatch, UdpOut};
 
 const WAKER: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const LISTENER_BASE: usize = 16;
 const CONN_BASE: usize = 1 << 20;
-/// The loop's own timer: idle timeouts, lingering deadlines, re-arming
-/// accept after EMFILE, the watchdog, STATUS=.
+/// The loop's own timer: idle timeouts, lingering deadlines, the drain,
+/// users.json, STATUS=.
 const TICK: Duration = Duration::from_millis(250);
-const READ_CHUNK: usize = 64 * 1024;
-/// Results log bytes collected before they go to the writer thread.
+/// Results log bytes collected before they go to the writer thread (it is
+/// also woken on every tick).
 const LOG_BATCH: usize = 64 * 1024;
-/// users.json is replaced at most this often (and at shutdown).
-const USERS_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// A startup failure, with the exit status it calls for (SPEC section 7).
+/// A startup failure, with the exit status it calls for (taskd(8), EXIT
+/// STATUS).
 #[derive(Debug)]
 pub struct StartError {
     pub message: String,
@@ -76,6 +86,13 @@ impl StartError {
         StartError {
             message,
             exit_code: 2,
+        }
+    }
+
+    fn config(message: String) -> StartError {
+        StartError {
+            message,
+            exit_code: 1,
         }
     }
 }
@@ -96,6 +113,8 @@ struct Listener {
     sock: Sock,
     /// Passed by systemd: never closed by taskd, not even on reload.
     passed: bool,
+    /// Taken out of the loop by a drain: never accepted from or read again.
+    stopped: bool,
 }
 
 /// IPv4 clients of a dual-stack socket appear as ::ffff:a.b.c.d; `allow`
@@ -107,19 +126,33 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-#[derive(Debug, Default)]
-struct Counters {
-    done: u64,
-    failed: u64,
-    rejected: [u64; Code::ALL.len()],
-    udp_lines_dropped: u64,
-    udp_replies_dropped: u64,
-    tls_failures: u64,
+/// What the events of one poll asked for, handled by the turn's phases.
+#[derive(Default)]
+struct Ready {
+    /// Stream listeners with connections to accept.
+    accept: Vec<usize>,
+    /// Connections to read (readable, cut short by a cap, or resumed).
+    read: Vec<usize>,
+    /// Connections with output to write.
+    write: Vec<usize>,
+    /// UDP listeners to read.
+    udp: Vec<usize>,
+    /// UDP listeners whose socket may take queued replies again.
+    udp_write: Vec<usize>,
+    /// Connections that stopped reading until inflight tasks or unsent
+    /// output go down.
+    held: Vec<usize>,
+    signals: bool,
+}
+
+impl Ready {
+    fn is_urgent(&self) -> bool {
+        !(self.accept.is_empty() && self.read.is_empty() && self.udp.is_empty() && self.write.is_empty())
+    }
 }
 
 pub struct Server {
     poll: Poll,
-    signals: Option<Signals>,
     cfg: Config,
     /// `--config`, read again on SIGHUP.
     config_path: Option<PathBuf>,
@@ -127,47 +160,19 @@ pub struct Server {
     conns: Slab<Conn>,
     next_conn_id: u64,
     per_ip: HashMap<IpAddr, usize>,
-    tasks: Slab<task::Task>,
-    next_serial: u64,
-    sched: Scheduler<usize>,
-    pool: Pool,
-    workers: usize,
-    /// Pi tasks with chunks not yet handed to a worker, oldest first.
-    chunking: VecDeque<usize>,
-    running: usize,
-    users: UserCounts,
-    /// The results log and users.json, written by the writer thread.
-    files: FileWriter,
-    next_users_save: Instant,
-    counters: Counters,
-    metrics: Metrics,
-    /// Refused requests, logged at most once a second.
-    reject_log: RateLimited,
-    /// Failed TLS handshakes, logged at most once a second.
-    tls_log: RateLimited,
-    /// Crossings of max_buffered_bytes, logged at most once a second.
-    buffers_log: RateLimited,
-    log_clock: record::LogClock,
-    /// Bytes held by all connections' buffers (kept by `sync_buffered`).
-    total_buffered: usize,
+    door: Door,
+    buffers: Buffers,
     batches: Slab<UdpBatch>,
     next_batch_id: u64,
+    tasks: Tasks<Answer>,
+    pool: Pool,
+    workers: usize,
+    budget: Budget,
+    books: Books,
+    life: Life,
+    ready: Ready,
+    /// Receive buffer of UDP datagrams.
     scratch: Vec<u8>,
-    /// Connections with new output to write.
-    dirty: Vec<usize>,
-    /// Connections not read further until they may take requests again.
-    paused: Vec<usize>,
-    /// Connections and UDP listeners cut short by a fairness cap.
-    again: Vec<Token>,
-    accept_paused_until: Option<Instant>,
-    next_tick: Instant,
-    started: Instant,
-    config_loaded_at: SystemTime,
-    last_reload_ok: bool,
-    drain: Option<Drain>,
-    watchdog: Option<(Duration, Instant)>,
-    last_status: String,
-    process_seed: u64,
 }
 
 fn resolve_workers(configured: usize) -> usize {
@@ -200,101 +205,64 @@ impl Server {
         let workers = resolve_workers(cfg.server.workers);
         let pool = Pool::new(workers, Arc::clone(&waker))
             .map_err(|e| StartError::other(format!("cannot start {workers} workers: {e}")))?;
-        let sched = Scheduler::new(
-            cfg.scheduler.policy,
-            cfg.scheduler.incoming_capacity,
-            ready_capacity(cfg.scheduler.ready_capacity, workers),
-        );
         let users_path = cfg.server.state_dir.join("users.json");
-        let mut users = UserCounts::new(cfg.limits.max_users);
-        match files::load_users(&users_path) {
-            Ok(saved) => users.restore(saved),
-            Err(e) => {
-                return Err(StartError::other(format!(
-                    "cannot read {}: {e}",
-                    users_path.display()
-                )));
-            }
-        }
+        // The error names the file already.
+        let saved = files::load_users(&users_path).map_err(|e| StartError::other(e.to_string()))?;
         let files = FileWriter::start(log_settings(&cfg), users_path)
             .map_err(|e| StartError::other(format!("cannot open the results log: {e}")))?;
+        let books = Books::new(&cfg, files, saved);
         let now = Instant::now();
         let seed = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
             ^ u64::from(std::process::id()).rotate_left(32);
+        let tasks = Tasks::new(
+            cfg.scheduler.policy,
+            cfg.scheduler.incoming_capacity,
+            ready_capacity(cfg.scheduler.ready_capacity, workers),
+            seed,
+        );
         let mut server = Server {
             poll,
-            signals: Some(signals),
-            users,
-            files,
-            next_users_save: now + USERS_SAVE_INTERVAL,
             config_path,
             listeners: Slab::new(),
             conns: Slab::new(),
             next_conn_id: 1,
             per_ip: HashMap::new(),
-            tasks: Slab::new(),
-            next_serial: 1,
-            sched,
-            pool,
-            workers,
-            chunking: VecDeque::new(),
-            running: 0,
-            counters: Counters::default(),
-            metrics: Metrics::new(cfg.metrics.per_user),
-            reject_log: RateLimited::new("refused requests", log::Level::Info, Duration::from_secs(1)),
-            tls_log: RateLimited::new("failed TLS handshakes", log::Level::Info, Duration::from_secs(1)),
-            buffers_log: RateLimited::new("buffer pauses", log::Level::Info, Duration::from_secs(1)),
-            total_buffered: 0,
-            log_clock: record::LogClock::default(),
+            door: Door::default(),
+            buffers: Buffers::default(),
             batches: Slab::new(),
             next_batch_id: 1,
-            scratch: vec![0; READ_CHUNK],
-            dirty: Vec::new(),
-            paused: Vec::new(),
-            again: Vec::new(),
-            accept_paused_until: None,
-            next_tick: now + TICK,
-            started: now,
-            config_loaded_at: SystemTime::now(),
-            last_reload_ok: true,
-            drain: None,
-            watchdog: systemd::watchdog_interval().map(|d| (d, now)),
-            last_status: String::new(),
-            process_seed: seed,
+            tasks,
+            pool,
+            workers,
+            budget: Budget::new(cfg.limits.max_buffered_bytes),
+            books,
+            life: Life::new(signals, now),
+            ready: Ready::default(),
+            scratch: vec![0; 65536],
             cfg,
         };
-        let mut passed = systemd::passed_sockets().map_err(|message| StartError {
-            message,
-            exit_code: 1,
-        })?;
+        let mut passed = systemd::passed_sockets().map_err(StartError::config)?;
         for l in server.cfg.listeners.clone() {
             let fd = take_passed(&mut passed, &l);
             // Certificates that do not load are the configuration's fault.
-            let settings = ListenerSettings::new(&server.cfg, l).map_err(|message| StartError {
-                message,
-                exit_code: 1,
-            })?;
+            let settings = ListenerSettings::new(&server.cfg, l).map_err(StartError::config)?;
             server
                 .add_listener(Rc::new(settings), fd)
                 .map_err(StartError::other)?;
         }
         if let Some(p) = passed.first() {
-            return Err(StartError {
-                message: format!(
-                    "systemd passed a {} socket on {} that no listener of the configuration has",
-                    if p.stream { "stream" } else { "datagram" },
-                    p.addr
-                ),
-                exit_code: 1,
-            });
+            return Err(StartError::config(format!(
+                "systemd passed a {} socket on {} that no listener of the configuration has",
+                if p.stream { "stream" } else { "datagram" },
+                p.addr
+            )));
         }
         Ok(server)
     }
 
     /// Binds (or adopts) one listener and registers it with the loop.
-    /// Returns its key, or None for a kind this build does not serve.
     fn add_listener(
         &mut self,
         settings: Rc<ListenerSettings>,
@@ -325,10 +293,12 @@ impl Server {
                     None => listener::bind_tcp(l),
                 }
                 .map_err(fail)?;
-                self.poll
-                    .registry()
-                    .register(&mut s, token, Interest::READABLE)
-                    .map_err(fail)?;
+                if self.door.is_open() {
+                    self.poll
+                        .registry()
+                        .register(&mut s, token, Interest::READABLE)
+                        .map_err(fail)?;
+                }
                 Sock::Tcp(s)
             }
         };
@@ -343,7 +313,11 @@ impl Server {
             settings,
             sock,
             passed: is_passed,
+            stopped: false,
         });
+        if matches!(self.listeners[key].sock, Sock::Tcp(_)) {
+            self.ready.accept.push(key);
+        }
         Ok(key)
     }
 
@@ -352,207 +326,142 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         systemd::ready(&self.status_line());
         loop {
-            let timeout = if self.again.is_empty() {
-                TICK
-            } else {
+            let timeout = if self.ready.is_urgent() {
                 Duration::ZERO
+            } else {
+                self.life
+                    .next_timer(self.door.reopen_at())
+                    .saturating_duration_since(Instant::now())
             };
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout))
+                && e.kind() != io::ErrorKind::Interrupted
+            {
                 return Err(e);
             }
-            let now = Instant::now();
-            for token in std::mem::take(&mut self.again) {
-                self.ready(token, false, now);
-            }
             for ev in events.iter() {
-                self.ready(ev.token(), ev.is_writable(), now);
+                self.note(ev);
             }
+            let now = Instant::now();
             self.turn(now);
             if self.drain_complete(now) {
-                self.reject_log.finish();
-                self.save_users();
-                self.files.send();
+                self.books.finish();
                 return Ok(());
             }
         }
     }
 
-    /// The work after each batch of events: results in, tasks out, replies
-    /// written, paused connections resumed, timers.
-    fn turn(&mut self, now: Instant) {
-        self.collect_results(now);
-        self.pump(now);
-        self.resume_paused(now);
-        self.flush_dirty(now);
-        // Results log lines go to the writer thread in batches: at 64 KiB,
-        // and on every tick (so within a second, as SPEC section 6 asks);
-        // waking it every turn would cost a context switch per request.
-        if self.files.buffer().len() >= LOG_BATCH {
-            self.files.send();
-        }
-        if now >= self.next_tick {
-            self.tick(now);
-            self.next_tick = now + TICK;
-        }
-    }
-
-    fn ready(&mut self, token: Token, writable: bool, now: Instant) {
-        match token.0 {
-            t if t == WAKER.0 => {}
-            t if t == SIGNALS.0 => self.on_signals(now),
-            t if (LISTENER_BASE..CONN_BASE).contains(&t) => {
+    /// Sorts one readiness event into the turn's work lists.
+    fn note(&mut self, ev: &mio::event::Event) {
+        match ev.token() {
+            WAKER => {}
+            SIGNALS => self.ready.signals = true,
+            Token(t) if (LISTENER_BASE..CONN_BASE).contains(&t) => {
                 let key = t - LISTENER_BASE;
-                match self.listeners.get(key).map(|l| &l.sock) {
-                    Some(Sock::Tcp(_)) => self.accept(key, now),
+                match self.listeners.get(key).filter(|l| !l.stopped).map(|l| &l.sock) {
+                    Some(Sock::Tcp(_)) => self.ready.accept.push(key),
                     Some(Sock::Udp(..)) => {
-                        if writable {
-                            self.udp_flush_out(key);
+                        if ev.is_writable() {
+                            self.ready.udp_write.push(key);
                         }
-                        self.udp_read(key, now);
+                        if ev.is_readable() {
+                            self.ready.udp.push(key);
+                        }
                     }
                     None => {}
                 }
             }
-            t if t >= CONN_BASE => {
+            Token(t) if t >= CONN_BASE => {
                 let key = t - CONN_BASE;
-                if writable && self.conns.contains(key) {
-                    self.dirty.push(key);
+                if ev.is_writable() {
+                    self.ready.write.push(key);
                 }
-                self.conn_readable(key, now);
+                if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                    self.ready.read.push(key);
+                    if ev.is_read_closed() {
+                        self.peer_closed(key);
+                    }
+                }
             }
+            Token(t) if t >= door::REFUSAL_BASE => self.door.readable(t - door::REFUSAL_BASE),
             _ => {}
         }
     }
 
-    /// Timers: idle connections, lingering closes, accept after EMFILE,
-    /// the drain's phases, the watchdog and STATUS=.
+    /// One turn of the loop: every phase once, in order (see the module's
+    /// documentation).
+    fn turn(&mut self, now: Instant) {
+        if std::mem::take(&mut self.ready.signals) {
+            self.on_signals(now);
+        }
+        self.collect_results(now);
+        self.accept_all(now);
+        self.read_all(now);
+        self.pump(now);
+        self.write_all(now);
+        self.timers(now);
+    }
+
+    /// Phase 2: finished jobs.
+    fn collect_results(&mut self, now: Instant) {
+        self.pool.arm_wake();
+        while let Some(done) = self.pool.try_recv() {
+            if let Some(finished) = self.tasks.complete(done, now) {
+                self.finish(finished, now);
+            }
+        }
+    }
+
+    /// Phase 5: the short-term scheduler hands ready work to idle workers.
+    fn pump(&mut self, now: Instant) {
+        while self.pool.has_idle() {
+            let users = &self.books.users;
+            let Some(job) = self.tasks.next_job(now, &mut || users.snapshot()) else {
+                break;
+            };
+            if let Err(job) = self.pool.submit(job)
+                && let Some(finished) = self.tasks.refused(job, now)
+            {
+                self.finish(finished, now);
+            }
+        }
+    }
+
+    /// Phase 7: timers, the results log batch, the watchdog.
+    fn timers(&mut self, now: Instant) {
+        if self.books.files.buffer().len() >= LOG_BATCH {
+            self.books.files.send();
+        }
+        if self.door.due(now) {
+            self.reopen_door();
+        }
+        if self.life.tick_due(now) {
+            self.tick(now);
+        }
+        self.life.pet_watchdog(now);
+    }
+
+    /// The periodic work of [`TICK`].
     fn tick(&mut self, now: Instant) {
-        if self.accept_paused_until.is_some_and(|t| now >= t) {
-            let keys: Vec<usize> = self
-                .listeners
-                .iter()
-                .filter(|(_, l)| matches!(l.sock, Sock::Tcp(_)))
-                .map(|(k, _)| k)
-                .collect();
-            for key in keys {
-                self.accept(key, now);
-            }
-        }
-        self.files.send();
+        self.books.files.send();
         self.expire_connections(now);
+        self.door.expire(now, &self.poll);
         self.drain_tick(now);
-        if now >= self.next_users_save {
-            if self.users.dirty {
-                self.save_users();
-            }
-            self.next_users_save = now + USERS_SAVE_INTERVAL;
-        }
-        if let Some((interval, last)) = self.watchdog
-            && now.duration_since(last) >= interval
-        {
-            systemd::watchdog();
-            self.watchdog = Some((interval, now));
-        }
+        self.books.save_users_if_due(now);
         let status = self.status_line();
-        if status != self.last_status {
-            systemd::status(&status);
-            self.last_status = status;
-        }
-    }
-
-    fn parse_ctx<'a>(&self, l: &'a ListenerSettings) -> ParseCtx<'a> {
-        ParseCtx {
-            max_values: self.cfg.limits.max_values,
-            max_samples: l.max_samples,
-            allowed: &l.allowed,
-            udp: l.proto() == Proto::Udp,
-            workers: self.workers,
-        }
-    }
-
-    fn loop_op(&self, op: LoopOp) -> Output {
-        match op {
-            LoopOp::Ping => Output::Word("pong"),
-            LoopOp::Quit => Output::Word("bye"),
-            LoopOp::Help => Output::Help(
-                OPS.iter()
-                    .enumerate()
-                    .filter(|(id, _)| self.cfg.op_enabled(*id))
-                    .map(|(_, op)| op.name)
-                    .collect(),
-            ),
-            LoopOp::Users => Output::Users(self.users.snapshot()),
-            LoopOp::Info => Output::Info(self.info()),
-        }
-    }
-
-    fn info(&self) -> Vec<(String, InfoValue)> {
-        let loaded = humantime::format_rfc3339_seconds(self.config_loaded_at).to_string();
-        let int = |n: usize| InfoValue::Int(n as u64);
-        let mut v = vec![
-            (
-                "version".to_string(),
-                InfoValue::Text(env!("CARGO_PKG_VERSION").to_string()),
-            ),
-            (
-                "uptime_s".to_string(),
-                InfoValue::Int(self.started.elapsed().as_secs()),
-            ),
-            ("workers".to_string(), int(self.workers)),
-            ("connections".to_string(), int(self.conns.len())),
-            ("incoming".to_string(), int(self.sched.incoming_len())),
-            ("ready".to_string(), int(self.sched.ready_len())),
-            ("running".to_string(), int(self.running)),
-            ("done".to_string(), InfoValue::Int(self.counters.done)),
-            ("failed".to_string(), InfoValue::Int(self.counters.failed)),
-            ("config_loaded_at".to_string(), InfoValue::Text(loaded)),
-            ("last_reload_ok".to_string(), InfoValue::Bool(self.last_reload_ok)),
-            (
-                "results_log_write_errors".to_string(),
-                InfoValue::Int(self.files.write_errors()),
-            ),
-            (
-                "udp_lines_dropped".to_string(),
-                InfoValue::Int(self.counters.udp_lines_dropped),
-            ),
-            (
-                "udp_replies_dropped".to_string(),
-                InfoValue::Int(self.counters.udp_replies_dropped),
-            ),
-            (
-                "tls_failures".to_string(),
-                InfoValue::Int(self.counters.tls_failures),
-            ),
-        ];
-        for code in Code::ALL {
-            v.push((
-                format!("rejected_{}", code.as_str().replace('-', "_")),
-                InfoValue::Int(self.counters.rejected[code as usize]),
-            ));
-        }
-        v
-    }
-
-    /// Hands the current user counts to the writer thread.
-    fn save_users(&mut self) {
-        self.users.dirty = false;
-        self.files.save_users(self.users.snapshot());
+        self.life.status(status);
     }
 
     /// One line of live figures for systemd's STATUS=.
     fn status_line(&self) -> String {
         format!(
             "{}connections={} incoming={} ready={} running={} done={} last_reload={}",
-            if self.drain.is_some() { "draining; " } else { "" },
+            if self.life.draining() { "draining; " } else { "" },
             self.conns.len(),
-            self.sched.incoming_len(),
-            self.sched.ready_len(),
-            self.running,
-            self.counters.done,
-            if self.last_reload_ok { "ok" } else { "failed" }
+            self.tasks.incoming_len(),
+            self.tasks.ready_len(),
+            self.tasks.running(),
+            self.books.counters.done,
+            if self.life.last_reload_ok { "ok" } else { "failed" }
         )
     }
 
@@ -577,19 +486,6 @@ fn log_settings(cfg: &Config) -> LogSettings {
         max_bytes: cfg.results_log.max_bytes,
         keep: cfg.results_log.keep,
     }
-}
-
-/// Open connections per transport, for /metrics.
-fn conns_by_proto(conns: &Slab<Conn>) -> Vec<(&'static str, usize)> {
-    let mut counts: Vec<(&'static str, usize)> = Vec::new();
-    for (_, c) in conns.iter() {
-        let p = c.settings.proto().as_str();
-        match counts.iter_mut().find(|(q, _)| *q == p) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((p, 1)),
-        }
-    }
-    counts
 }
 
 /// Takes the passed socket that serves listener `l`: same kind (stream or

@@ -1,438 +1,852 @@
-//! Stream connections: accepting (with `allow`, the connection limits and
-//! the EMFILE back-off), reading and framing lines, handing each line to
-//! the protocol, writing replies, and closing (lingering when a reply was
-//! the last word).
+//! Stream connections (TCP, TLS, HTTP, HTTPS): the socket side of a
+//! [`Session`]. Reading (plain or through rustls) into the session, taking
+//! its requests while the connection may (backpressure, the memory
+//! budget), writing its output, and closing (lingering when a reply was the
+//! last word).
+//!
+//! Each request taken goes to the one dispatch (`dispatch.rs`): a line
+//! framed and parsed by `crate::protocol`, or an HTTP request routed by
+//! `crate::http`.
 
-use std::io;
-use std::net::SocketAddr;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mio::net::TcpStream;
 use mio::{Interest, Token};
 
-use super::conn::{self, Conn, MAX_PENDING_OUTPUT, State, TlsFailure};
+use super::budget::{Holder, SMALL};
+use super::conn::{Ending, Framed, Hold, Phase, READ_CHUNK, Session};
+use super::dispatch::{Origin, Place, TASK_BYTES};
 use super::listener::ListenerSettings;
-use super::record::Answered;
-use super::task::Origin;
-use super::{CONN_BASE, Server, Sock, canonical};
-use crate::ops::{Exec, LoopOp, OPS};
-use crate::pool::ListFn;
-use crate::protocol::frame::Frame;
-use crate::protocol::reply::{write_err, write_ok};
-use crate::protocol::{self, Code, Rejection, Request};
+use super::record::Asked;
+use super::{CONN_BASE, Server, canonical};
+use crate::http::{self, Action, Parsed};
+use crate::metrics::Gauges;
+use crate::ops::lookup;
+use crate::protocol::{self, Args, Body, Failure, Format, Name, ParseCtx, Payload, Rejection};
+use crate::tasks::TaskWork;
 
-/// Reads per connection per readiness event, so one busy client cannot
-/// starve the others; a connection cut short is read again next turn.
-const READS_PER_EVENT: usize = 16;
+/// Reads per connection per turn, so one busy client cannot starve the
+/// others; a connection cut short is read again next turn.
+const READS_PER_TURN: usize = 16;
 /// A TLS client that has not finished its handshake by then is closed.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Plaintext rustls may hold for one connection.
-const TLS_BUFFER_LIMIT: usize = 1 << 20;
-/// Pause of accept after EMFILE/ENFILE, instead of spinning on it.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Plaintext and records rustls may hold for one connection's output.
+const TLS_BUFFER_LIMIT: usize = 64 * 1024;
+/// Lines at least this long move to their task with the buffer they were
+/// read into, instead of being copied.
+const MOVE_LINE: usize = 64 * 1024;
+/// While draining, a connection quiet for this long is closed; a client
+/// that just connected still gets its `shutting-down` answer first.
+const DRAIN_IDLE: Duration = Duration::from_secs(1);
 
-impl Server {
-    pub(super) fn accept(&mut self, index: usize, now: Instant) {
-        if self.accept_paused_until.is_some_and(|t| now < t) {
-            return;
-        }
-        self.accept_paused_until = None;
-        loop {
-            let Some(Sock::Tcp(listener)) = self.listeners.get(index).map(|l| &l.sock) else {
-                return;
-            };
-            let (stream, peer) = match listener.accept() {
-                Ok(pair) => pair,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-                    log::warn!("out of file descriptors; pausing accept for {ACCEPT_BACKOFF:?}");
-                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
-                    return;
-                }
-                Err(e) => {
-                    log::warn!("accept on {}: {e}", self.listeners[index].settings.cfg.address);
-                    return;
-                }
-            };
-            self.admit_conn(index, stream, peer, now);
+/// The rarely used parts of a connection, boxed so an idle plain
+/// connection stays small.
+struct Extra {
+    /// `tls` and `https` listeners: the TLS session.
+    tls: Option<rustls::ServerConnection>,
+    /// Mutual TLS: the user the client certificate names, once the
+    /// handshake is done.
+    cert_user: Option<Name>,
+    cert_checked: bool,
+    /// The peer's address as the results log writes it.
+    peer_text: Option<Rc<str>>,
+    /// HTTP: "100 Continue" already sent for the request being read.
+    continue_sent: bool,
+}
+
+pub struct Conn {
+    sock: TcpStream,
+    pub session: Session,
+    settings: Rc<ListenerSettings>,
+    peer: SocketAddr,
+    accepted: Instant,
+    extra: Option<Box<Extra>>,
+    /// What this connection adds to the budget's count.
+    counted: usize,
+}
+
+/// A TLS failure (handshake or record), told apart from socket errors so
+/// it can be counted and logged as such.
+#[derive(Debug)]
+struct TlsFailure(String);
+
+impl std::fmt::Display for TlsFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TlsFailure {}
+
+impl Conn {
+    pub fn id(&self) -> u64 {
+        self.session.id()
+    }
+
+    fn extra(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(|| {
+            Box::new(Extra {
+                tls: None,
+                cert_user: None,
+                cert_checked: false,
+                peer_text: None,
+                continue_sent: false,
+            })
+        })
+    }
+
+    fn tls(&self) -> Option<&rustls::ServerConnection> {
+        self.extra.as_ref().and_then(|e| e.tls.as_ref())
+    }
+
+    fn handshaking(&self) -> bool {
+        self.tls().is_some_and(|t| t.is_handshaking())
+    }
+
+    fn peer_text(&mut self) -> Rc<str> {
+        let peer = self.peer;
+        Rc::clone(
+            self.extra()
+                .peer_text
+                .get_or_insert_with(|| peer.to_string().into()),
+        )
+    }
+
+    fn origin(&mut self, key: usize) -> Origin {
+        let cert_user = self
+            .extra
+            .as_ref()
+            .and_then(|e| e.cert_user)
+            .map(|u| (u, self.settings.cfg.allow_user_override));
+        Origin {
+            place: Place::Conn { key, id: self.id() },
+            proto: self.settings.proto(),
+            peer: self.peer_text(),
+            cert_user,
         }
     }
 
-    pub(super) fn admit_conn(
-        &mut self,
-        index: usize,
-        mut stream: mio::net::TcpStream,
-        peer: SocketAddr,
-        now: Instant,
-    ) {
-        let ip = canonical(peer.ip());
-        let settings = Rc::clone(&self.listeners[index].settings);
-        if !settings.admits(ip) {
-            // Refused by `allow`: closed without a word.
-            return;
-        }
-        let _ = stream.set_nodelay(true);
-        let limits = &self.cfg.limits;
-        let per_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
-        let over = if self.conns.len() >= limits.max_connections {
-            Some(format!(
-                "too many connections (max_connections {})",
-                limits.max_connections
-            ))
-        } else if per_ip >= limits.max_connections_per_ip {
-            Some(format!(
-                "too many connections from {ip} (max_connections_per_ip {})",
-                limits.max_connections_per_ip
-            ))
-        } else {
-            None
+    /// Reads plaintext into the session (at most `max` bytes), through TLS
+    /// when the connection has it.
+    fn read(&mut self, buffers: &mut super::conn::Buffers, max: usize, limit: usize) -> io::Result<usize> {
+        let Conn {
+            sock, session, extra, ..
+        } = self;
+        session.read_with(buffers, max, limit, |buf, want| read_from(sock, extra, buf, want))
+    }
+
+    /// Writes pending output until done or the socket is full.
+    fn flush(&mut self, now: Instant) -> io::Result<()> {
+        let Some(tls) = self.extra.as_mut().and_then(|e| e.tls.as_mut()) else {
+            while !self.session.output().is_empty() {
+                match self.sock.write(self.session.output()) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => self.session.wrote(n, now),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok(());
         };
+        loop {
+            // Plaintext into rustls, as much as its buffer limit takes.
+            while !self.session.output().is_empty() {
+                match tls.writer().write(self.session.output())? {
+                    0 => break,
+                    n => self.session.wrote(n, now),
+                }
+            }
+            if !tls.wants_write() {
+                return Ok(());
+            }
+            match tls.write_tls(&mut self.sock) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => self.session.touch(now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Whether the client closed without sending a byte, and nothing was
+    /// read from it yet: a peek at its socket finds only the EOF.
+    pub fn sent_nothing_and_left(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        if self.session.unframed() > 0 || self.session.inflight() > 0 {
+            return false;
+        }
+        let mut byte = 0u8;
+        // SAFETY: a one-byte peek into a local; recv(2) writes at most that.
+        let n = unsafe {
+            libc::recv(
+                self.sock.as_raw_fd(),
+                (&raw mut byte).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n == 0
+    }
+
+    /// Whether every byte owed has left for the kernel (TLS records too).
+    fn all_written(&self) -> bool {
+        self.session.all_sent() && !self.tls().is_some_and(|t| t.wants_write())
+    }
+
+    /// TLS: sends close_notify, so the client sees a clean end of the
+    /// session rather than a truncation.
+    fn close_notify(&mut self) {
+        if let Some(tls) = self.extra.as_mut().and_then(|e| e.tls.as_mut()) {
+            tls.send_close_notify();
+            let _ = tls.write_tls(&mut self.sock);
+        }
+    }
+
+    /// Discards input of a lingering connection; true at EOF or error.
+    fn drain_input(&mut self, scratch: &mut [u8]) -> bool {
+        for _ in 0..64 {
+            // Raw bytes: whatever a lingering client still sends is dropped
+            // unread, TLS or not.
+            match self.sock.read(scratch) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return true,
+            }
+        }
+        false
+    }
+}
+
+/// Appends at most `want` bytes of plaintext to `buf` (whose spare
+/// capacity is at least that), through TLS when the connection has it,
+/// retrying on EINTR. Ok(0) is the peer's EOF.
+fn read_from(
+    sock: &mut TcpStream,
+    extra: &mut Option<Box<Extra>>,
+    buf: &mut Vec<u8>,
+    want: usize,
+) -> io::Result<usize> {
+    let Some(extra) = extra.as_mut().filter(|e| e.tls.is_some()) else {
+        return read_plain(sock, buf, want);
+    };
+    // rustls wants initialized room: zero just this read's.
+    let len = buf.len();
+    buf.resize(len + want, 0);
+    let n = read_tls(sock, extra, &mut buf[len..]);
+    buf.truncate(len + *n.as_ref().unwrap_or(&0));
+    n
+}
+
+/// A plain read into `buf`'s spare capacity, which is never zeroed first:
+/// a buffer reserved for a large line takes memory only as it fills.
+fn read_plain(sock: &mut TcpStream, buf: &mut Vec<u8>, want: usize) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let want = want.min(buf.capacity() - buf.len());
+    loop {
+        let spare = buf.spare_capacity_mut();
+        // SAFETY: `spare` is valid for writes of `want` bytes (want is at
+        // most its length), and read(2) writes at most that many.
+        let n = unsafe { libc::read(sock.as_raw_fd(), spare.as_mut_ptr().cast(), want) };
+        if n >= 0 {
+            let n = n as usize;
+            // SAFETY: the first `n` spare bytes were just written by read(2).
+            unsafe { buf.set_len(buf.len() + n) };
+            return Ok(n);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Reads plaintext through a TLS session into `buf`.
+fn read_tls(sock: &mut TcpStream, extra: &mut Extra, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        let Some(tls) = extra.tls.as_mut() else {
+            return Ok(0);
+        };
+        match tls.reader().read(buf) {
+            Ok(n) => return Ok(n),
+            // The peer closed without close_notify: still its EOF.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+        match tls.read_tls(sock) {
+            Ok(0) => return Ok(0),
+            Ok(_) => {
+                if let Err(e) = tls.process_new_packets() {
+                    // Let the peer see the alert saying why.
+                    let _ = tls.write_tls(sock);
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        TlsFailure(e.to_string()),
+                    ));
+                }
+                if !extra.cert_checked && !tls.is_handshaking() {
+                    extra.cert_checked = true;
+                    extra.cert_user = tls
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(crate::tls::certificate_user)
+                        .and_then(|u| Name::user(u.as_bytes()));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// What taking one request did.
+enum Take {
+    Took,
+    /// No complete request is left.
+    Empty,
+    /// The request must wait for memory (it is left where it was).
+    Wait,
+}
+
+/// What made a connection stop taking requests this turn.
+enum Stop {
+    /// Nothing to do until the socket is readable again.
+    Idle,
+    /// Held by inflight tasks or unsent output.
+    Held,
+    /// Waiting for memory (the budget queued it for a turn).
+    Memory,
+    /// Cut short by the fairness cap: read again next turn.
+    Cap,
+    /// Closed or ending.
+    Done,
+}
+
+impl Server {
+    /// A connection accepted by the door: registers it and reads what may
+    /// have arrived with it (edge-triggered readiness would not report it
+    /// again).
+    pub(super) fn admit(&mut self, listener: usize, mut sock: TcpStream, peer: SocketAddr, now: Instant) {
+        let settings = Rc::clone(&self.listeners[listener].settings);
+        let _ = sock.set_nodelay(true);
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        let id = self.next_conn_id;
-        self.next_conn_id += 1;
         if let Err(e) = self.poll.registry().register(
-            &mut stream,
+            &mut sock,
             Token(CONN_BASE + key),
             Interest::READABLE | Interest::WRITABLE,
         ) {
             log::warn!("cannot register a connection from {peer}: {e}");
             return;
         }
-        let tls = match settings
-            .tls
-            .as_ref()
-            .map(|cfg| rustls::ServerConnection::new(Arc::clone(cfg)))
-        {
-            Some(Ok(mut session)) => {
-                // Bounds the plaintext rustls holds for a slow reader, like
-                // the 1 MiB output cap of a plain connection.
-                session.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
-                Some(Box::new(session))
-            }
-            Some(Err(e)) => {
-                log::warn!("cannot start a TLS session for {peer}: {e}");
-                return;
-            }
-            None => None,
+        let id = self.next_conn_id;
+        self.next_conn_id += 1;
+        let mut conn = Conn {
+            sock,
+            session: Session::new(id, now),
+            settings: Rc::clone(&settings),
+            peer,
+            accepted: now,
+            extra: None,
+            counted: 0,
         };
-        let mut conn = Conn::new(id, stream, peer, settings, now);
-        conn.tls = tls;
-        *self.per_ip.entry(ip).or_insert(0) += 1;
-        if let Some(message) = over {
-            self.counters.rejected[Code::Busy as usize] += 1;
-            self.counters.failed += 1;
-            conn.reply_now(|out| write_err(out, None, false, Code::Busy, &message));
-            conn.state = State::Finishing;
-            entry.insert(conn);
-            self.dirty.push(key);
-            return;
+        if let Some(cfg) = &settings.tls {
+            match rustls::ServerConnection::new(Arc::clone(cfg)) {
+                Ok(mut tls) => {
+                    // Bounds what rustls holds for a slow reader, like the
+                    // 1 MiB output cap of a plain connection.
+                    tls.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
+                    conn.extra().tls = Some(tls);
+                }
+                Err(e) => {
+                    log::warn!("cannot start a TLS session for {peer}: {e}");
+                    let _ = self.poll.registry().deregister(&mut conn.sock);
+                    return;
+                }
+            }
         }
+        *self.per_ip.entry(canonical(peer.ip())).or_insert(0) += 1;
         entry.insert(conn);
-        // Data may have arrived with the connection; edge-triggered
-        // readiness would not report it again.
-        self.conn_readable(key, now);
+        self.ready.read.push(key);
     }
 
-    /// Whether a connection must stop taking requests for now.
-    pub(super) fn blocked(&self, c: &Conn) -> bool {
-        c.inflight >= self.cfg.limits.max_inflight_per_conn
-            || self.sched.incoming_is_full()
-            || c.pending_output() > MAX_PENDING_OUTPUT
+    /// Phase 4: reads every connection and UDP socket that has something.
+    pub(super) fn read_all(&mut self, now: Instant) {
+        let mut keys = std::mem::take(&mut self.ready.read);
+        // Connections held by tasks or output that may go on now.
+        let max_inflight = self.cfg.limits.max_inflight_per_conn;
+        let held = std::mem::take(&mut self.ready.held);
+        for key in held {
+            match self.conns.get(key) {
+                Some(c) if c.session.hold(max_inflight) == Hold::None => keys.push(key),
+                Some(_) => self.ready.held.push(key),
+                None => {}
+            }
+        }
+        // Connections the memory budget lets read again.
+        let conns = &self.conns;
+        let alive = |h: Holder| conns.get(h.key).is_some_and(|c| c.id() == h.id);
+        // A turn lasts until what the holder brought in is served: until it
+        // holds little again (its request answered and its reply read).
+        let busy = |h: Holder| {
+            conns
+                .get(h.key)
+                .is_some_and(|c| c.id() == h.id && c.session.held() >= SMALL)
+        };
+        keys.extend(self.budget.resume(alive, busy).into_iter().map(|h| h.key));
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
+            self.serve(key, now);
+        }
+        for key in std::mem::take(&mut self.ready.udp) {
+            self.udp_read(key, now);
+        }
     }
 
-    /// Whether a connection may not read more because all buffers together
-    /// exceed `max_buffered_bytes`: every connection holding data waits
-    /// (the largest holders longest); one holding nothing may still bring
-    /// in a request, and requests already read are still served.
-    fn over_memory(&self, c: &Conn) -> bool {
-        self.total_buffered > self.cfg.limits.max_buffered_bytes && c.counted > 0
-    }
-
-    pub(super) fn conn_readable(&mut self, key: usize, now: Instant) {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        self.read_conn(key, &mut scratch, now);
-        self.scratch = scratch;
-        self.sync_buffered(key);
-        self.maybe_finish(key, now);
-    }
-
-    pub(super) fn read_conn(&mut self, key: usize, scratch: &mut [u8], now: Instant) {
+    /// Reads one connection and takes its requests, within the caps.
+    fn serve(&mut self, key: usize, now: Instant) {
         let Some(c) = self.conns.get_mut(key) else { return };
-        if let State::Lingering { .. } = c.state {
-            if c.drain_input(scratch) == conn::Step::Close {
+        if let Phase::Lingering { .. } = c.session.phase() {
+            if c.drain_input(&mut self.scratch) {
                 self.close(key);
             }
             return;
         }
-        for _ in 0..READS_PER_EVENT {
-            if !self.feed(key, now) {
-                return;
+        let stop = self.serve_reads(key, now);
+        match stop {
+            Stop::Held => self.ready.held.push(key),
+            Stop::Cap => self.ready.read.push(key),
+            Stop::Idle | Stop::Memory | Stop::Done => {}
+        }
+        if let Some(c) = self.conns.get_mut(key) {
+            c.session.release_idle(&mut self.buffers);
+        }
+        self.sync_conn(key);
+        self.ready.write.push(key);
+    }
+
+    fn serve_reads(&mut self, key: usize, now: Instant) -> Stop {
+        for _ in 0..READS_PER_TURN {
+            let stop = self.take_requests(key, now);
+            let Some(c) = self.conns.get_mut(key) else {
+                return Stop::Done;
+            };
+            if let Some(stop) = stop {
+                return stop;
             }
-            self.sync_buffered(key);
-            let Some(c) = self.conns.get(key) else { return };
-            if c.state != State::Open || c.eof {
-                return;
+            if !c.session.reading() {
+                return Stop::Done;
             }
-            if self.over_memory(c) {
-                self.paused.push(key);
-                return;
+            let who = Holder { key, id: c.id() };
+            let room = self.budget.may_read(who, c.session.held());
+            if room == 0 {
+                return Stop::Memory;
             }
-            let Some(c) = self.conns.get_mut(key) else { return };
-            match c.read(scratch) {
+            let limit = self.cfg.limits.max_line_bytes + 2 * READ_CHUNK;
+            match c.read(&mut self.buffers, room, limit) {
                 Ok(0) => {
-                    c.eof = true;
-                    self.feed(key, now);
-                    if let Some(c) = self.conns.get_mut(key)
-                        && c.state == State::Open
-                        && c.rbuf.is_empty()
-                    {
-                        c.state = State::Finishing;
-                    }
-                    return;
+                    c.session.saw_eof();
+                    self.take_requests(key, now);
+                    return Stop::Done;
                 }
-                Ok(n) => {
-                    c.rbuf.extend_from_slice(&scratch[..n]);
-                    self.sync_buffered(key);
-                }
+                Ok(_) => self.sync_conn(key),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.feed(key, now);
-                    if let Some(c) = self.conns.get_mut(key) {
-                        c.shrink();
-                    }
-                    return;
+                    return self.take_requests(key, now).unwrap_or(Stop::Idle);
                 }
                 Err(e) => {
-                    if let Some(failure) = e.get_ref().and_then(|r| r.downcast_ref::<TlsFailure>()) {
-                        self.counters.tls_failures += 1;
-                        let peer = c.peer;
-                        let what = if c.handshaking() { "handshake" } else { "session" };
-                        self.tls_log
-                            .log(|| format!("TLS {what} with {peer} failed: {failure}"));
-                    } else {
-                        log::debug!("read from {}: {e}", c.peer);
-                    }
-                    // Whatever rustls queued (an alert) is its last word.
-                    let _ = c.flush(now);
-                    self.close(key);
-                    return;
+                    self.read_failed(key, &e, now);
+                    return Stop::Done;
                 }
             }
         }
-        self.feed(key, now);
-        self.again.push(Token(CONN_BASE + key));
+        self.take_requests(key, now).unwrap_or(Stop::Cap)
     }
 
-    /// Frames and handles the buffered lines of a connection while it may
-    /// take requests. Returns false when it is paused or gone.
-    pub(super) fn feed(&mut self, key: usize, now: Instant) -> bool {
-        let Some(c) = self.conns.get_mut(key) else {
+    fn read_failed(&mut self, key: usize, e: &io::Error, now: Instant) {
+        let Some(c) = self.conns.get_mut(key) else { return };
+        if let Some(failure) = e.get_ref().and_then(|r| r.downcast_ref::<TlsFailure>()) {
+            self.books.counters.tls_failures += 1;
+            let peer = c.peer;
+            let what = if c.handshaking() { "handshake" } else { "session" };
+            self.books
+                .tls_log
+                .log(|| format!("TLS {what} with {peer} failed: {failure}"));
+        } else {
+            log::debug!("read from {}: {e}", c.peer);
+        }
+        // Whatever rustls queued (an alert) is its last word.
+        let _ = c.flush(now);
+        self.close(key);
+    }
+
+    /// Takes the complete requests a connection holds, while it may.
+    /// Returns why it stopped, or None when it wants more input.
+    fn take_requests(&mut self, key: usize, now: Instant) -> Option<Stop> {
+        let max_inflight = self.cfg.limits.max_inflight_per_conn;
+        loop {
+            let c = self.conns.get_mut(key)?;
+            if c.session.phase() != Phase::Open {
+                c.session.discard_input();
+                return Some(Stop::Done);
+            }
+            if c.session.unframed() == 0 && !c.session.eof() {
+                return None;
+            }
+            if c.session.hold(max_inflight) != Hold::None || self.tasks.is_full() {
+                return Some(Stop::Held);
+            }
+            let took = if c.settings.is_http() {
+                self.take_http(key, now)
+            } else {
+                self.take_line(key, now)
+            };
+            match took {
+                Take::Took => {}
+                Take::Empty => return None,
+                Take::Wait => return Some(Stop::Memory),
+            }
+        }
+    }
+
+    /// Whether a connection may take a request that makes it hold `need`
+    /// more bytes (the budget's rule); if not, it waits for its turn.
+    fn may_take(&mut self, key: usize, need: usize) -> bool {
+        let Some(c) = self.conns.get(key) else {
             return false;
         };
-        let mut buf = std::mem::take(&mut c.rbuf);
-        let eof = c.eof;
-        let settings = Rc::clone(&c.settings);
-        let mut pos = 0;
-        let mut open = true;
-        loop {
-            let Some(c) = self.conns.get(key) else {
-                open = false;
-                break;
-            };
-            if c.state != State::Open {
-                // After `quit`, the rest of the input is not read.
-                buf.clear();
-                pos = 0;
-                open = false;
-                break;
-            }
-            if self.blocked(c) {
-                self.paused.push(key);
-                open = false;
-                break;
-            }
-            let more = if settings.is_http() {
-                self.http_step(key, &settings, &buf, &mut pos, now)
-            } else {
-                self.line_step(key, &settings, &buf, &mut pos, eof, now)
-            };
-            if !more {
-                break;
-            }
+        let who = Holder { key, id: c.id() };
+        let holds = c.session.held();
+        if self.budget.may_take(who, holds + need, c.session.inflight()) {
+            return true;
         }
-        buf.drain(..pos);
-        if let Some(c) = self.conns.get_mut(key) {
-            c.rbuf = buf;
-            // At EOF, whatever is left unframed while the connection may
-            // still read is an HTTP request cut short: it gets no answer.
-            let cut_short = open && settings.is_http();
-            if c.eof && c.state == State::Open && (c.rbuf.is_empty() || cut_short) {
-                c.rbuf.clear();
-                c.state = State::Finishing;
-            }
-        }
-        self.dirty.push(key);
-        open
+        self.budget.may_read(who, holds.max(SMALL));
+        false
     }
-    /// Frames and handles one line of a line-protocol connection; false
-    /// when no complete line is left.
-    fn line_step(
-        &mut self,
-        key: usize,
-        settings: &ListenerSettings,
-        buf: &[u8],
-        pos: &mut usize,
-        eof: bool,
-        now: Instant,
-    ) -> bool {
+
+    /// Frames and dispatches one line.
+    fn take_line(&mut self, key: usize, now: Instant) -> Take {
         let max = self.cfg.limits.max_line_bytes;
         let Some(c) = self.conns.get_mut(key) else {
-            return false;
+            return Take::Empty;
         };
-        match c.framer.next(buf, pos, max, eof) {
-            None => return false,
-            Some(Frame::TooLong { json }) => {
-                c.last_active = now;
-                self.answer_rejection(key, &Rejection::too_long(json, max));
+        let Some(frame) = c.session.next_frame(max) else {
+            return Take::Empty;
+        };
+        let origin = c.origin(key);
+        let range = match frame {
+            Framed::TooLong { json } => {
+                c.session.touch(now);
+                let format = if json { Format::Json } else { Format::Text };
+                // `too-long` comes first: even a draining daemon says it.
+                self.refuse(&origin, &Rejection::bare(format, Failure::too_long(max)));
+                return Take::Took;
             }
-            Some(Frame::Line(line)) => {
-                if !protocol::is_blank(line) {
-                    c.last_active = now;
-                    self.handle_line(key, settings, line, now);
+            Framed::Line(range) => range,
+        };
+        if protocol::is_blank(c.session.line(range.clone())) {
+            return Take::Took;
+        }
+        let settings = Rc::clone(&c.settings);
+        let ctx = self.parse_ctx(&settings);
+        let parsed = protocol::parse_line(self.conns[key].session.line(range.clone()), &ctx);
+        if let Ok(req) = &parsed
+            && !self.may_take(key, self.task_bytes(req, range.len()))
+        {
+            // Framed again when its turn comes.
+            self.conns[key].session.unframe(range.start);
+            return Take::Wait;
+        }
+        let c = &mut self.conns[key];
+        c.session.touch(now);
+        let payload = match &parsed {
+            Ok(req) => match &req.args {
+                Args::Values { span, syntax, .. } => {
+                    let at = range.start + span.start..range.start + span.end;
+                    let moved = (range.len() >= MOVE_LINE)
+                        .then(|| c.session.take_line_buffer(&range))
+                        .flatten();
+                    let (bytes, span) = match moved {
+                        Some(buf) => (buf, at),
+                        None => (c.session.line(at).to_vec(), 0..span.len()),
+                    };
+                    Some(Payload {
+                        bytes,
+                        span,
+                        syntax: *syntax,
+                    })
                 }
-            }
-        }
-        true
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        self.dispatch(&origin, parsed, payload, now);
+        Take::Took
     }
 
-    pub(super) fn handle_line(&mut self, key: usize, settings: &ListenerSettings, line: &[u8], now: Instant) {
-        let mut parsed = protocol::parse_line(line, &self.parse_ctx(settings));
-        if let Some(user) = self.conns.get(key).and_then(|c| c.cert_user.as_ref()) {
-            attribute_to(&mut parsed, user);
-        }
-        if self.refusing(now) {
-            let rej = Rejection::shutting_down(&parsed);
-            self.answer_rejection(key, &rej);
-            return;
-        }
-        let req = match parsed {
-            Ok(r) => r,
-            Err(rej) => {
-                self.answer_rejection(key, &rej);
-                return;
-            }
+    /// Parses and handles one HTTP request.
+    fn take_http(&mut self, key: usize, now: Instant) -> Take {
+        let max = self.cfg.limits.max_line_bytes;
+        let Some(c) = self.conns.get_mut(key) else {
+            return Take::Empty;
         };
-        match OPS[req.op].exec {
-            Exec::Loop(op) => {
-                // Counted first, so that `users` sees its own request.
-                self.account(req.user.as_deref(), None);
-                let output = self.loop_op(op);
-                let Some(c) = self.conns.get_mut(key) else { return };
-                c.reply_now(|out| write_ok(out, req.id.as_ref(), req.json, &output));
-                let peer = Rc::clone(&c.peer_text);
-                if op == LoopOp::Quit {
-                    c.state = State::Finishing;
+        let parsed = http::parse_request(c.session.unframed_input(), max);
+        match parsed {
+            Parsed::Incomplete => {
+                if c.session.eof() {
+                    // A request cut short by EOF gets no answer.
+                    c.session.discard_input();
+                    c.session.finish();
+                    return Take::Empty;
                 }
-                self.log_answer(&Answered::immediate(settings.proto(), &peer, &req, Ok(&output)));
+                // curl waits for "100 Continue" before a larger body.
+                if !c.extra.as_ref().is_some_and(|e| e.continue_sent)
+                    && http::expect_continue(c.session.unframed_input(), max)
+                {
+                    c.extra().continue_sent = true;
+                    c.session
+                        .reply_now(&mut self.buffers, |out| out.extend_from_slice(http::CONTINUE));
+                }
+                Take::Empty
             }
-            Exec::List(exec) if self.inline_list(key, settings, &req, exec) => {}
-            Exec::List(_) | Exec::Pi => {
-                let Some(c) = self.conns.get_mut(key) else { return };
-                let seq = c.reserve();
-                let origin = Origin::Conn { key, conn: c.id, seq };
-                let (proto, peer) = (settings.proto(), Rc::clone(&c.peer_text));
-                self.enqueue(req, origin, proto, peer, None, now);
+            Parsed::Error(e) => {
+                c.session.discard_input();
+                c.session
+                    .reply_now(&mut self.buffers, |out| http::write_error(out, &e, &[]));
+                c.session.finish();
+                let proto = c.settings.proto().as_str();
+                self.books.metrics.record_http_error(proto, e.code);
+                Take::Empty
             }
-        }
-    }
-
-    /// A tiny list request computed on the loop (see `run_inline`), its
-    /// reply written straight into the connection's output: no task, no
-    /// reply slot, no copy. False when the request is not one for that.
-    fn inline_list(&mut self, key: usize, settings: &ListenerSettings, req: &Request, exec: ListFn) -> bool {
-        let Some(peer) = self.conns.get(key).map(|c| Rc::clone(&c.peer_text)) else {
-            return false;
-        };
-        let Some(result) = self.run_inline(settings.proto(), &peer, req, exec) else {
-            return false;
-        };
-        if let Some(c) = self.conns.get_mut(key) {
-            match &result {
-                Ok(out) => c.reply_now(|o| write_ok(o, req.id.as_ref(), req.json, out)),
-                Err((code, msg)) => c.reply_now(|o| write_err(o, req.id.as_ref(), req.json, *code, msg)),
-            }
-        }
-        true
-    }
-
-    pub(super) fn answer_rejection(&mut self, key: usize, rej: &Rejection) {
-        let Some(c) = self.conns.get_mut(key) else { return };
-        c.reply_now(|out| write_err(out, rej.id.as_ref(), rej.json, rej.code, &rej.message));
-        let (proto, peer) = (c.settings.proto(), Rc::clone(&c.peer_text));
-        self.record(Answered::rejected(proto, &peer, rej));
-    }
-
-    pub(super) fn resume_paused(&mut self, now: Instant) {
-        if self.paused.is_empty() {
-            return;
-        }
-        let mut paused = std::mem::take(&mut self.paused);
-        paused.sort_unstable();
-        paused.dedup();
-        for key in paused {
-            let blocked = match self.conns.get(key) {
-                Some(c) => self.blocked(c) || self.over_memory(c),
-                None => continue,
-            };
-            if blocked {
-                self.paused.push(key);
-            } else {
-                self.conn_readable(key, now);
-            }
-        }
-        // Resuming may have queued tasks that idle workers can take.
-        self.pump(now);
-    }
-
-    pub(super) fn flush_dirty(&mut self, now: Instant) {
-        while !self.dirty.is_empty() {
-            let mut dirty = std::mem::take(&mut self.dirty);
-            dirty.sort_unstable();
-            dirty.dedup();
-            for key in dirty {
-                let Some(c) = self.conns.get_mut(key) else {
-                    continue;
+            Parsed::Request { mut req, consumed } => {
+                let settings = Rc::clone(&c.settings);
+                let close = !req.keep_alive || self.refusing(now);
+                let head = req.method == "HEAD";
+                let action = http::route(&mut req, &self.parse_ctx(&settings), close);
+                let need = match &action {
+                    Action::Request { req, bytes } => self.task_bytes(req, bytes.len()),
+                    Action::Statistics => self.books.users.rendered_size(),
+                    _ => 0,
                 };
-                if let Err(e) = c.flush(now) {
-                    log::debug!("write to {}: {e}", c.peer);
-                    self.close(key);
-                    continue;
+                if !self.may_take(key, need) {
+                    // Parsed again from the buffer when its turn comes.
+                    return Take::Wait;
                 }
-                let unblocked = c.pending_output() <= MAX_PENDING_OUTPUT;
-                self.sync_buffered(key);
-                self.maybe_finish(key, now);
-                if unblocked && self.paused.contains(&key) {
-                    self.resume_paused(now);
+                let Some(c) = self.conns.get_mut(key) else {
+                    return Take::Empty;
+                };
+                c.session.consume(consumed);
+                c.session.touch(now);
+                if let Some(e) = c.extra.as_mut() {
+                    e.continue_sent = false;
+                }
+                self.handle_http(key, action, close, head, now);
+                if close {
+                    self.end_requests(key);
+                }
+                Take::Took
+            }
+        }
+    }
+
+    fn handle_http(&mut self, key: usize, action: Action, close: bool, head: bool, now: Instant) {
+        let Some(c) = self.conns.get_mut(key) else { return };
+        let origin = c.origin(key);
+        let reply = |server: &mut Server, write: &dyn Fn(&mut Vec<u8>)| {
+            if let Some(c) = server.conns.get_mut(key) {
+                c.session.reply_now(&mut server.buffers, |out| {
+                    let start = out.len();
+                    write(out);
+                    if head {
+                        http::strip_body(out, start);
+                    }
+                });
+                server.ready.write.push(key);
+            }
+        };
+        match action {
+            Action::Request { req, bytes } => {
+                let payload = match &req.args {
+                    Args::Values { span, syntax, .. } => Some(Payload {
+                        bytes,
+                        span: span.clone(),
+                        syntax: *syntax,
+                    }),
+                    _ => None,
+                };
+                self.dispatch(&origin, Ok(req), payload, now);
+            }
+            Action::Reject(rej) => self.dispatch(&origin, Err(rej), None, now),
+            Action::Statistics => {
+                let enabled = lookup("users").is_some_and(|op| self.cfg.op_enabled(op));
+                if !enabled {
+                    let e = http::HttpError::new(
+                        404,
+                        "not-found",
+                        "the users operation is disabled".into(),
+                        close,
+                    );
+                    reply(self, &|out| http::write_error(out, &e, &[]));
+                    return;
+                }
+                let asked = Asked {
+                    proto: origin.proto,
+                    peer: origin.peer,
+                    user: None,
+                    id: None,
+                    op: lookup("users"),
+                    count: 0,
+                    values: Vec::new(),
+                    quiet: true,
+                    counted: true,
+                };
+                let held = self.books.users.rendered_size() + TASK_BYTES;
+                let format = Format::Http {
+                    body: Body::Table,
+                    close,
+                    head,
+                };
+                self.enqueue(origin.place, format, asked, TaskWork::Users, 1, held, now);
+            }
+            Action::Healthz => {
+                let (status, body) = http::healthz_body(self.life.draining());
+                reply(self, &|out| {
+                    http::write_response(out, status, http::JSON_CONTENT_TYPE, &[], body, close)
+                });
+            }
+            Action::Metrics => {
+                let body = self.books.metrics.render(&self.gauges());
+                reply(self, &|out| {
+                    http::write_response(out, 200, http::METRICS_CONTENT_TYPE, &[], body.as_bytes(), close)
+                });
+            }
+            Action::Error(mut e) => {
+                e.close |= close;
+                self.books
+                    .metrics
+                    .record_http_error(origin.proto.as_str(), e.code);
+                reply(self, &|out| http::write_error(out, &e, &[]));
+                if e.close {
+                    self.end_requests(key);
                 }
             }
         }
     }
 
-    /// Closes a finishing connection once every reply it owes is sent.
-    pub(super) fn maybe_finish(&mut self, key: usize, now: Instant) {
+    fn gauges(&self) -> Gauges {
+        let mut connections: Vec<(&'static str, usize)> = Vec::new();
+        for (_, c) in self.conns.iter() {
+            let p = c.settings.proto().as_str();
+            match connections.iter_mut().find(|(q, _)| *q == p) {
+                Some((_, n)) => *n += 1,
+                None => connections.push((p, 1)),
+            }
+        }
+        Gauges {
+            incoming: self.tasks.incoming_len(),
+            ready: self.tasks.ready_len(),
+            running: self.tasks.running(),
+            connections,
+            users: self.books.users.len(),
+            results_log_write_errors: self.books.files.write_errors(),
+            config_last_reload_successful: self.life.last_reload_ok,
+            version: env!("CARGO_PKG_VERSION"),
+        }
+    }
+
+    pub(super) fn parse_ctx<'a>(&self, l: &'a ListenerSettings) -> ParseCtx<'a> {
+        ParseCtx {
+            max_values: self.cfg.limits.max_values,
+            max_samples: l.max_samples,
+            allowed: &l.allowed,
+            udp: l.proto() == crate::config::Proto::Udp,
+        }
+    }
+
+    /// No more requests are taken from this connection (`quit`, an HTTP
+    /// `Connection: close`): the replies owed are written, then it closes.
+    pub(super) fn end_requests(&mut self, key: usize) {
+        if let Some(c) = self.conns.get_mut(key) {
+            c.session.discard_input();
+            c.session.finish();
+            self.ready.write.push(key);
+        }
+    }
+
+    /// The peer shut its side down (EPOLLRDHUP). A connection waiting for
+    /// memory goes first in line, so its end is noticed and what it holds
+    /// is freed soon.
+    pub(super) fn peer_closed(&mut self, key: usize) {
+        if let Some(c) = self.conns.get(key) {
+            self.budget.prefer(Holder { key, id: c.id() });
+        }
+    }
+
+    /// Phase 6: writes every connection with new output, then ends those
+    /// that are done.
+    pub(super) fn write_all(&mut self, now: Instant) {
+        let mut keys = std::mem::take(&mut self.ready.write);
+        keys.sort_unstable();
+        keys.dedup();
+        let max_inflight = self.cfg.limits.max_inflight_per_conn;
+        for key in keys {
+            let Some(c) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if let Phase::Lingering { .. } = c.session.phase() {
+                continue;
+            }
+            let was_held = c.session.hold(max_inflight) == Hold::Output;
+            if let Err(e) = c.flush(now) {
+                log::debug!("write to {}: {e}", c.peer);
+                self.close(key);
+                continue;
+            }
+            if was_held && c.session.hold(max_inflight) != Hold::Output {
+                self.ready.held.push(key);
+            }
+            self.end_if_done(key, now);
+            if let Some(c) = self.conns.get_mut(key) {
+                c.session.release_idle(&mut self.buffers);
+            }
+            self.sync_conn(key);
+        }
+        for key in std::mem::take(&mut self.ready.udp_write) {
+            self.udp_flush_out(key);
+        }
+    }
+
+    /// Closes or lingers a connection whose replies are all written and
+    /// that takes no more requests.
+    fn end_if_done(&mut self, key: usize, now: Instant) {
         let Some(c) = self.conns.get_mut(key) else { return };
-        if c.state != State::Finishing || !c.all_sent() {
+        if !c.all_written() {
             return;
         }
-        if c.eof {
-            // A TLS session ends with our close_notify too (best effort:
-            // the client has stopped sending, it may still read).
-            c.close_notify();
-            self.close(key);
-        } else {
-            c.linger(now);
+        match c.session.ending() {
+            Ending::No => {}
+            Ending::Close => {
+                // A TLS session ends with our close_notify too (best
+                // effort: the client has stopped sending, it may read).
+                c.close_notify();
+                self.close(key);
+            }
+            Ending::Linger => {
+                c.close_notify();
+                let _ = c.sock.shutdown(Shutdown::Write);
+                c.session.linger(now, &mut self.buffers);
+                self.sync_conn(key);
+                // What the client sent meanwhile must be read to see EOF.
+                self.ready.read.push(key);
+            }
         }
     }
 
@@ -441,8 +855,9 @@ impl Server {
             return;
         }
         let mut c = self.conns.remove(key);
-        self.total_buffered -= c.counted;
-        let _ = self.poll.registry().deregister(&mut c.stream);
+        self.budget.update(c.counted, 0);
+        self.budget.forget(Holder { key, id: c.id() });
+        let _ = self.poll.registry().deregister(&mut c.sock);
         let ip = canonical(c.peer.ip());
         if let Some(n) = self.per_ip.get_mut(&ip) {
             *n -= 1;
@@ -450,71 +865,75 @@ impl Server {
                 self.per_ip.remove(&ip);
             }
         }
+        // A descriptor is free again.
+        self.door.freed();
     }
 
-    /// Keeps the count of all bytes held by connection buffers up to date
-    /// after a change to connection `key`: `max_buffered_bytes` is checked
-    /// against it before every read.
-    pub(super) fn sync_buffered(&mut self, key: usize) {
+    /// Brings the budget's count of a connection up to date.
+    pub(super) fn sync_conn(&mut self, key: usize) {
         let Some(c) = self.conns.get_mut(key) else { return };
-        let now_held = c.buffered();
-        let before = self.total_buffered;
-        self.total_buffered = self.total_buffered - c.counted + now_held;
+        let now_held = c.session.held();
+        self.budget.update(c.counted, now_held);
         c.counted = now_held;
-        let max = self.cfg.limits.max_buffered_bytes;
-        if before <= max && self.total_buffered > max {
-            let total = self.total_buffered;
-            self.buffers_log.log(|| {
-                format!("buffers hold {total} bytes, over max_buffered_bytes ({max}); connections holding data wait")
-            });
-        }
     }
 
-    /// Idle timeouts and lingering deadlines.
+    /// Idle timeouts, lingering deadlines, TLS handshake timeouts, and the
+    /// drain's closing of quiet connections.
     pub(super) fn expire_connections(&mut self, now: Instant) {
         let idle = self.cfg.limits.idle_timeout;
-        let mut expired = Vec::new();
+        let draining = self.refusing(now);
+        let mut hard = Vec::new();
+        let mut soft = Vec::new();
         for (key, c) in self.conns.iter() {
-            match c.state {
-                State::Lingering { until } if now >= until => expired.push((key, true)),
-                State::Lingering { .. } => {}
+            let s = &c.session;
+            match s.phase() {
+                Phase::Lingering { until } if now >= until => hard.push(key),
+                Phase::Lingering { .. } => {}
                 _ if c.handshaking() && now.duration_since(c.accepted) >= TLS_HANDSHAKE_TIMEOUT => {
                     let peer = c.peer;
-                    self.counters.tls_failures += 1;
-                    self.tls_log
+                    self.books.counters.tls_failures += 1;
+                    self.books
+                        .tls_log
                         .log(|| format!("TLS handshake with {peer} timed out"));
-                    expired.push((key, true));
+                    hard.push(key);
+                }
+                _ if draining
+                    && s.phase() == Phase::Open
+                    && s.inflight() == 0
+                    && s.all_sent()
+                    && now.duration_since(s.last_active()) >= DRAIN_IDLE =>
+                {
+                    soft.push(key);
                 }
                 _ => {
                     let Some(idle) = idle else { continue };
-                    if c.inflight == 0 && now.duration_since(c.last_active) >= idle {
+                    if s.inflight() == 0 && now.duration_since(s.last_active()) >= idle {
                         // Output that made no progress for that long will
                         // not be read: close outright.
-                        expired.push((key, c.pending_output() > 0));
+                        if s.pending_output() > 0 {
+                            hard.push(key);
+                        } else {
+                            soft.push(key);
+                        }
                     }
                 }
             }
         }
-        for (key, hard) in expired {
-            if hard {
-                self.close(key);
-            } else if let Some(c) = self.conns.get_mut(key) {
-                log::debug!("closing idle connection from {}", c.peer);
-                c.state = State::Finishing;
-                self.maybe_finish(key, now);
+        for key in hard {
+            // Whatever the client sent meanwhile is read first: closing a
+            // socket with unread input would reset the connection, and the
+            // client might lose the replies it has not read yet.
+            if let Some(c) = self.conns.get_mut(key) {
+                c.drain_input(&mut self.scratch);
             }
+            self.close(key);
         }
-    }
-}
-
-/// Mutual TLS: a request without `@user` counts for the user its client
-/// certificate names.
-pub(super) fn attribute_to(parsed: &mut Result<crate::protocol::Request, Rejection>, user: &str) {
-    let slot = match parsed {
-        Ok(r) => &mut r.user,
-        Err(r) => &mut r.user,
-    };
-    if slot.is_none() {
-        *slot = Some(user.to_string());
+        for key in soft {
+            if let Some(c) = self.conns.get(key) {
+                log::debug!("closing idle connection from {}", c.peer);
+            }
+            self.end_requests(key);
+            self.end_if_done(key, now);
+        }
     }
 }

@@ -1,7 +1,9 @@
 //! UDP: each non-blank line of a datagram (at most 64) is a request,
 //! answered by its own datagram, in line order, to the datagram's source.
-//! A datagram whose lines all need workers waits in a batch until its
-//! replies can leave in order.
+//! A datagram whose lines need workers waits in a batch until its replies
+//! can leave in order. What a batch holds (its tasks, its replies) counts
+//! against `max_buffered_bytes`; a line that would need a task while the
+//! count is over gets `ERR busy`, like one that finds the queue full.
 
 use std::collections::VecDeque;
 use std::io;
@@ -9,31 +11,29 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::Instant;
 
-use super::record::Answered;
-use super::task::Origin;
-use super::udp_io;
-use super::{Server, Sock, canonical};
+use super::dispatch::{Origin, Place};
+use super::{Server, Sock, canonical, udp_io};
 use crate::config::Proto;
-use crate::ops::{Exec, OPS};
-use crate::protocol::reply::{write_err, write_ok};
-use crate::protocol::{self, Code, Rejection};
+use crate::protocol::{self, Args, Failure, Format, Payload, Rejection};
 
 /// Non-blank lines served per datagram; more are dropped and counted.
 pub const MAX_LINES_PER_DATAGRAM: usize = 64;
-/// Datagrams read per readiness event before other sockets get a turn.
-const DATAGRAMS_PER_EVENT: usize = 256;
+/// Datagrams read per listener per turn before other sockets get a turn.
+const DATAGRAMS_PER_TURN: usize = 256;
 /// Replies kept while the socket's send buffer is full; beyond this they
 /// are dropped (UDP promises no delivery) and counted.
 const MAX_QUEUED_REPLIES: usize = 4096;
 
 /// The replies of one datagram, sent in line order as they complete.
 pub struct UdpBatch {
-    pub id: u64,
+    id: u64,
     listener: usize,
     dest: Dest,
     replies: Vec<Option<Vec<u8>>>,
     /// Replies before this index are sent.
     sent: usize,
+    /// Bytes counted against the budget: its tasks and its replies.
+    held: usize,
 }
 
 /// Replies waiting for the socket to become writable again.
@@ -53,15 +53,18 @@ pub struct Dest {
 impl Server {
     pub(super) fn udp_read(&mut self, index: usize, now: Instant) {
         let mut scratch = std::mem::take(&mut self.scratch);
-        for _ in 0..DATAGRAMS_PER_EVENT {
-            let Some(Sock::Udp(sock, _)) = self.listeners.get(index).map(|l| &l.sock) else {
+        let mut cut_short = true;
+        for _ in 0..DATAGRAMS_PER_TURN {
+            let Some(Sock::Udp(sock, _)) = self.listeners.get(index).filter(|l| !l.stopped).map(|l| &l.sock)
+            else {
+                cut_short = false;
                 break;
             };
             let d = match udp_io::recv(sock, &mut scratch) {
                 Ok(d) => d,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.scratch = scratch;
-                    return;
+                    cut_short = false;
+                    break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -76,116 +79,106 @@ impl Server {
                 peer: d.peer,
                 local: d.local,
             };
-            if d.truncated {
-                self.truncated_datagram(index, dest);
-                continue;
-            }
-            self.datagram(index, dest, &scratch[..d.len], now);
+            self.datagram(index, dest, &scratch[..d.len], d.truncated, now);
         }
         self.scratch = scratch;
-        self.again.push(mio::Token(super::LISTENER_BASE + index));
+        if cut_short {
+            self.ready.udp.push(index);
+        }
     }
 
-    /// A datagram longer than the receive buffer: one `too-long`.
-    fn truncated_datagram(&mut self, index: usize, dest: Dest) {
-        let rej = Rejection {
-            id: None,
-            user: None,
-            op: None,
-            json: false,
-            code: Code::TooLong,
-            message: "datagram longer than the receive buffer".into(),
-        };
-        self.record(Answered::rejected(Proto::Udp, &dest.peer.to_string(), &rej));
-        let mut reply = Vec::new();
-        write_err(&mut reply, None, false, Code::TooLong, &rej.message);
-        self.udp_send(index, dest, reply);
-    }
-
-    fn datagram(&mut self, index: usize, dest: Dest, data: &[u8], now: Instant) {
+    fn datagram(&mut self, index: usize, dest: Dest, data: &[u8], truncated: bool, now: Instant) {
         let peer: Rc<str> = dest.peer.to_string().into();
         let max = self.cfg.limits.max_line_bytes;
-        let mut lines: Vec<&[u8]> = data
-            .split(|&b| b == b'\n')
-            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-            .filter(|l| !protocol::is_blank(l))
-            .collect();
+        let mut lines: Vec<&[u8]> = if truncated {
+            // One `too-long` for a datagram cut short by the buffer.
+            vec![&[]]
+        } else {
+            data.split(|&b| b == b'\n')
+                .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+                .filter(|l| !protocol::is_blank(l))
+                .collect()
+        };
         if lines.len() > MAX_LINES_PER_DATAGRAM {
-            self.counters.udp_lines_dropped += (lines.len() - MAX_LINES_PER_DATAGRAM) as u64;
+            self.books.counters.udp_lines_dropped += (lines.len() - MAX_LINES_PER_DATAGRAM) as u64;
             lines.truncate(MAX_LINES_PER_DATAGRAM);
         }
         if lines.is_empty() {
             return;
         }
-        let batch_entry = self.batches.vacant_entry();
-        let key = batch_entry.key();
-        let batch_id = self.next_batch_id;
+        let entry = self.batches.vacant_entry();
+        let batch = entry.key();
+        let id = self.next_batch_id;
         self.next_batch_id += 1;
-        batch_entry.insert(UdpBatch {
-            id: batch_id,
+        entry.insert(UdpBatch {
+            id,
             listener: index,
             dest,
             replies: vec![None; lines.len()],
             sent: 0,
+            held: 0,
         });
-        for (i, line) in lines.iter().enumerate() {
-            let mut reply = Vec::new();
-            if line.len() > max {
-                let json = protocol::first_non_blank(line) == Some(b'{');
-                let rej = Rejection::too_long(json, max);
-                self.record(Answered::rejected(Proto::Udp, &peer, &rej));
-                write_err(&mut reply, None, json, Code::TooLong, &rej.message);
-                self.udp_fill(key, batch_id, i, reply);
+        let settings = Rc::clone(&self.listeners[index].settings);
+        for (line_no, line) in lines.iter().enumerate() {
+            let origin = Origin {
+                place: Place::Udp {
+                    batch,
+                    id,
+                    line: line_no,
+                },
+                proto: Proto::Udp,
+                peer: Rc::clone(&peer),
+                cert_user: None,
+            };
+            if truncated {
+                let f = Failure::new(
+                    crate::protocol::Code::TooLong,
+                    "datagram longer than the receive buffer",
+                );
+                self.refuse(&origin, &Rejection::bare(Format::Text, f));
                 continue;
             }
-            let parsed = {
-                let settings = &self.listeners[index].settings;
-                protocol::parse_line(line, &self.parse_ctx(settings))
-            };
-            let parsed = if self.refusing(now) {
-                Err(Rejection::shutting_down(&parsed))
-            } else {
-                parsed
-            };
-            match parsed {
-                Err(rej) => {
-                    self.record(Answered::rejected(Proto::Udp, &peer, &rej));
-                    write_err(&mut reply, rej.id.as_ref(), rej.json, rej.code, &rej.message);
-                    self.udp_fill(key, batch_id, i, reply);
-                }
-                Ok(req) => match OPS[req.op].exec {
-                    Exec::Loop(op) => {
-                        self.account(req.user.as_deref(), None);
-                        let out = self.loop_op(op);
-                        write_ok(&mut reply, req.id.as_ref(), req.json, &out);
-                        self.log_answer(&Answered::immediate(Proto::Udp, &peer, &req, Ok(&out)));
-                        self.udp_fill(key, batch_id, i, reply);
-                    }
-                    Exec::List(exec) if let Some(result) = self.run_inline(Proto::Udp, &peer, &req, exec) => {
-                        match &result {
-                            Ok(out) => write_ok(&mut reply, req.id.as_ref(), req.json, out),
-                            Err((code, msg)) => write_err(&mut reply, req.id.as_ref(), req.json, *code, msg),
-                        }
-                        self.udp_fill(key, batch_id, i, reply);
-                    }
-                    Exec::List(_) | Exec::Pi => {
-                        let origin = Origin::Udp {
-                            key,
-                            batch: batch_id,
-                            line: i,
-                        };
-                        self.enqueue(req, origin, Proto::Udp, Rc::clone(&peer), None, now);
-                    }
-                },
+            if line.len() > max {
+                let format = if protocol::first_non_blank(line) == Some(b'{') {
+                    Format::Json
+                } else {
+                    Format::Text
+                };
+                self.refuse(&origin, &Rejection::bare(format, Failure::too_long(max)));
+                continue;
             }
+            let parsed = protocol::parse_line(line, &self.parse_ctx(&settings));
+            let payload = match &parsed {
+                Ok(req) => match &req.args {
+                    Args::Values { span, syntax, .. } => Some(Payload {
+                        bytes: line[span.clone()].to_vec(),
+                        span: 0..span.len(),
+                        syntax: *syntax,
+                    }),
+                    _ => None,
+                },
+                Err(_) => None,
+            };
+            self.dispatch(&origin, parsed, payload, now);
         }
     }
 
-    /// Delivers reply `line` of a batch and sends what is now in order.
-    pub(super) fn udp_fill(&mut self, key: usize, batch: u64, line: usize, reply: Vec<u8>) {
-        let Some(b) = self.batches.get_mut(key).filter(|b| b.id == batch) else {
+    /// A batch takes on a task of `held` bytes.
+    pub(super) fn udp_hold(&mut self, batch: usize, id: u64, held: usize) {
+        if let Some(b) = self.batches.get_mut(batch).filter(|b| b.id == id) {
+            b.held += held;
+            self.budget.update(0, held);
+        }
+    }
+
+    /// Delivers reply `line` of a batch (its task held `task_held` bytes)
+    /// and sends what is now in order.
+    pub(super) fn udp_fill(&mut self, batch: usize, id: u64, line: usize, reply: Vec<u8>, task_held: usize) {
+        let Some(b) = self.batches.get_mut(batch).filter(|b| b.id == id) else {
             return;
         };
+        let before = b.held;
+        b.held = b.held - task_held.min(b.held) + reply.len();
         if let Some(slot) = b.replies.get_mut(line) {
             *slot = Some(reply);
         }
@@ -193,16 +186,24 @@ impl Server {
         let mut ready = Vec::new();
         while let Some(Some(_)) = b.replies.get(b.sent) {
             if let Some(r) = b.replies[b.sent].take() {
+                b.held -= r.len();
                 ready.push(r);
             }
             b.sent += 1;
         }
+        let after = b.held;
         if b.sent == b.replies.len() {
-            self.batches.remove(key);
+            self.batches.remove(batch);
         }
+        self.budget.update(before, after);
         for r in ready {
             self.udp_send(index, dest, r);
         }
+    }
+
+    /// Whether a UDP line may become a task now.
+    pub(super) fn udp_may_queue(&self) -> bool {
+        !self.budget.over() && !self.tasks.is_full()
     }
 
     fn udp_send(&mut self, index: usize, dest: Dest, reply: Vec<u8>) {
@@ -220,9 +221,10 @@ impl Server {
             }
         }
         if out.queue.len() >= MAX_QUEUED_REPLIES {
-            self.counters.udp_replies_dropped += 1;
+            self.books.counters.udp_replies_dropped += 1;
             return;
         }
+        self.budget.update(0, reply.len());
         out.queue.push_back((dest, reply));
     }
 
@@ -234,7 +236,9 @@ impl Server {
             match udp_io::send(sock, reply, dest.peer, dest.local) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Ok(_) | Err(_) => {
+                    let len = reply.len();
                     out.queue.pop_front();
+                    self.budget.update(len, 0);
                 }
             }
         }

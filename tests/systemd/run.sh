@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# End-to-end test of the taskd Debian package under a real systemd (SPEC
-# sections 5 and 8): it builds the .deb with `cargo deb`, boots a minimal
+# End-to-end test of the taskd Debian package under a real systemd (taskd(8),
+# SIGNALS and SYSTEMD): it builds the .deb with `cargo deb`, boots a minimal
 # Debian 12 tree with systemd-nspawn, installs the package there and checks
 # it as an operator would (systemctl, nc, journalctl, man, dpkg -P). Prints
 # PASS/FAIL per check and exits non-zero if any failed.
 #
 #   sudo tests/systemd/run.sh        # as root, on a throwaway Debian 12 box
 #
-# Host needs: root, Debian's package mirror (debootstrap, systemd-container
-# and cargo-deb are installed when missing). Nothing runs on the host's own
-# root file system: the container is a copy of a cached tree, booted inside
-# a private mount namespace, with its own network namespace (loopback only).
+# Host needs: root, Debian's package mirror (debootstrap, systemd-container,
+# python3 and cargo-deb are installed when missing). Nothing runs on the
+# host's own root file system: the container is a copy of a cached tree,
+# booted inside a private mount namespace, with its own network namespace
+# (loopback only); the clients of the restart check run on the host in that
+# network namespace alone.
 #
 # Environment:
 #   TASKD_SYSTEMD_CACHE    the script's own folder: the cached tree and the
@@ -227,6 +229,8 @@ need=()
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 command -v systemd-nspawn >/dev/null 2>&1 || need+=(systemd-container)
 command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
+# The clients of the restart check run on the host (tests/scaleout/stream.py).
+command -v python3 >/dev/null 2>&1 || need+=(python3)
 if [ "${#need[@]}" -gt 0 ]; then
     echo "apt-get install ${need[*]}"
     timeout "$T_APT" apt-get update -qq
@@ -457,12 +461,35 @@ check "same MainPID after the refused reload" is taskd MainPID "$pid0"
 check "tcp 7700 still answers" expect_reply tcp 7700 "max 1 5 3" "OK 5"
 check "tcp 7701 (the old configuration) still answers" expect_reply tcp 7701 "min 4 2 9" "OK 2"
 check "the journal names the bad key" journal_has no_such_key
+check "journalctl -p err names it too (every line of the error at priority err)" journal_has no_such_key -p err
 
 ct rm -f /etc/taskd/conf.d/50-extra.toml
 [ "$made_confd" = 0 ] || ct rmdir /etc/taskd/conf.d
 check "systemctl reload taskd without the drop-in" ct systemctl reload taskd
 check "127.0.0.1:7701 closed after that reload (within 10 s)" \
     wait_for 10 eval '! ctsh "printf \"ping\n\" | nc -N -w 2 127.0.0.1 7701"'
+
+# ---------------------------------------------------------------------------
+step "/etc/default/taskd"
+# TASKD_OPTS reaches the check before a start, the daemon and the check
+# before a reload alike.
+check "/etc/taskd/conf.d is shipped, with its README" ct test -f /etc/taskd/conf.d/README
+ctsh 'printf "[[listener]]\nproto = \"tcp\"\naddress = \"127.0.0.1:7702\"\n" >/etc/taskd/alt.toml'
+ctsh 'cp /etc/default/taskd /root/default.orig && echo "TASKD_OPTS=\"-c /etc/taskd/alt.toml\"" >>/etc/default/taskd'
+check "systemctl restart taskd with TASKD_OPTS=\"-c /etc/taskd/alt.toml\"" ct systemctl restart taskd
+check "tcp 7702, the listener of alt.toml, answers" wait_for 10 expect_reply tcp 7702 "max 1 5 3" "OK 5"
+check "tcp 7700, not in alt.toml, is closed" eval '! ctsh "printf \"ping\n\" | nc -N -w 2 127.0.0.1 7700"'
+ctsh 'printf "[server]\nno_such_alt_key = 1\n" >>/etc/taskd/alt.toml'
+if ct systemctl reload taskd >/dev/null 2>&1; then
+    fail "systemctl reload accepted a broken alt.toml (ExecReload= checked another file)"
+else
+    pass "systemctl reload refuses a broken alt.toml: ExecReload= checks the file TASKD_OPTS names"
+fi
+check "journalctl -p err names the bad key of alt.toml" journal_has no_such_alt_key -p err
+check "tcp 7702 still answers" expect_reply tcp 7702 "min 4 2 9" "OK 2"
+ctsh 'cp /root/default.orig /etc/default/taskd && rm /etc/taskd/alt.toml /root/default.orig'
+check "back to the packaged options: systemctl restart taskd" ct systemctl restart taskd
+check "tcp 7700 answers" wait_for 10 expect_reply tcp 7700 "max 1 5 3" "OK 5"
 
 # ---------------------------------------------------------------------------
 step "watchdog"
@@ -499,9 +526,10 @@ check "tcp 7700 answers" wait_for 10 expect_reply tcp 7700 "max 1 5 3" "OK 5"
 # ---------------------------------------------------------------------------
 step "systemctl stop under a stream of requests"
 # Three connections (stop-client.sh) each send 100 slow requests at once
-# (about 2 s of work for two workers, and fewer than max_inflight_per_conn,
-# so taskd reads them all), then, once `systemctl stop` is under way, 30
-# quick ones 20 ms apart. Each of the first 100 must be answered, OK or ERR
+# (3e9 samples of pi in all: about 4 s of work for two workers, so that it
+# is still running when the stop comes even on a faster machine; and fewer
+# than max_inflight_per_conn, so taskd reads them all), then, once
+# `systemctl stop` is under way, 30 quick ones 20 ms apart. Each of the first 100 must be answered, OK or ERR
 # shutting-down. Replies come in order, so whatever came back of the second
 # batch must be the first K of it (none lost in between), each OK (read
 # before SIGTERM) or ERR shutting-down.
@@ -590,6 +618,72 @@ check "systemctl is-active taskd becomes active (within 10 s)" \
     wait_for 10 eval '[ "$(ct systemctl is-active taskd)" = active ]'
 check "udp 7700 through the passed socket: sum 1 2 3 -> OK 6" expect_reply udp 7700 "sum 1 2 3" "OK 6"
 check "taskd serves the sockets from systemd" journal_has 'listening on tcp 127.0.0.1:7700 \(socket from systemd\)'
+check "no failed units" no_failed_units
+
+# ---------------------------------------------------------------------------
+step "restarts and an upgrade under socket activation, under a stream of requests"
+# Clients on this host but in the container's network namespace alone
+# (tests/scaleout/stream.py, the host's python3): 4 TCP connections, 2 HTTP
+# keep-alive connections and 2 UDP sockets to the packaged listeners, each
+# sending its next request as soon as the last one is answered (a busy
+# stream: with a slow one, a request arriving just as a draining taskd
+# exits, which resets the connection, is rarely met). They retry only what
+# is always safe to retry (docs/scaling.md): ERR shutting-down or HTTP 503,
+# the end of a connection before the reply (they connect again), a UDP
+# datagram unanswered for 0.5 s; a refused or reset connection, a timeout
+# or a wrong reply is a failure. Meanwhile taskd is restarted twice and the
+# package upgraded: systemd holds the sockets and the draining taskd leaves
+# them to the next one, so nothing may fail.
+sa=$run_dir/sa
+sa_jobs=()
+for kind in tcp:7700:4 http:7780:2 udp:7700:2; do
+    IFS=: read -r proto port n <<<"$kind"
+    timeout 150 nsenter -t "$ct_pid" -n -- python3 "$repo/tests/scaleout/stream.py" --"$proto" "127.0.0.1:$port" \
+        --clients "$n" --interval 0 --name "$proto-" --stop-file "$sa.stop" --max-seconds 120 \
+        --out "$sa-$proto" </dev/null >"$sa-$proto.log" 2>&1 &
+    sa_jobs+=($!)
+done
+sleep 2
+for i in 1 2; do
+    p0=$(prop taskd MainPID)
+    t0=$SECONDS
+    check "systemctl restart taskd ($i of 2) under the stream" ct systemctl restart taskd
+    check "... in $((SECONDS - t0)) s: a new MainPID, taskd.service and taskd.socket active" \
+        eval "! is taskd MainPID $p0 && is taskd ActiveState active && is taskd.socket ActiveState active"
+    sleep 2
+done
+p0=$(prop taskd MainPID)
+check "dpkg -i taskd.deb (an upgrade: postinst restarts taskd) under the stream" ct dpkg -i /root/taskd.deb
+check "... a new MainPID; taskd.socket still enabled and active, taskd.service still disabled" \
+    eval "! is taskd MainPID $p0 && is taskd ActiveState active && is taskd.socket UnitFileState enabled &&
+          is taskd.socket ActiveState active && is taskd.service UnitFileState disabled"
+sleep 2
+touch "$sa.stop"
+wait "${sa_jobs[@]}" || true
+for proto in tcp http udp; do
+    rc=0
+    summary=$(python3 - "$sa-$proto.json" 2>&1 <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+c = r["counts"]
+print(f'{c["sent"]} sent, {c["ok"]} answered OK; retried: {c["retried_shutting_down"]} shutting-down, '
+      f'{c["retried_eof"]} end of connection, {c["retried_udp_timeout"]} UDP timeouts; failed: '
+      f'{c["refused"]} refused, {c["reset"]} reset, {c["timeout"]} timed out, {c["wrong"]} wrong')
+for f in r["failures"]:
+    print(f)
+bad = c["refused"] + c["reset"] + c["timeout"] + c["wrong"] + c["other_error"]
+sys.exit(0 if c["sent"] > 0 and c["ok"] == c["sent"] and not bad else 1)
+EOF
+    ) || rc=1
+    if [ "$rc" = 0 ]; then
+        pass "$proto stream through 2 restarts and an upgrade: every request answered, no connection refused or reset"
+        head -n 1 <<<"$summary" | indent
+    else
+        fail "$proto stream through 2 restarts and an upgrade"
+        { printf '%s\n' "$summary"; tail -n 5 "$sa-$proto.log"; } | indent
+    fi
+done
+check "the journal shows the sockets left to the next start" journal_has 'left to the next start'
 check "no failed units" no_failed_units
 
 # ---------------------------------------------------------------------------

@@ -5,7 +5,7 @@
 #   stop-client.sh NAME N1 N2 DIR
 #
 # Over one connection to 127.0.0.1:7700 it sends N1 slow requests
-# (`#aI pi 3000000 1`) at once, then touches DIR/NAME.phase1; it waits for
+# (`#aI pi 10000000 1`) at once, then touches DIR/NAME.phase1; it waits for
 # DIR/stop-issued (at most 5 s), then sends N2 quick requests
 # (`#bI sum I 1`), 20 ms apart, listing each one in DIR/NAME.sent2 once
 # written. The replies go to DIR/NAME.out, nc's exit status to DIR/NAME.rc.
@@ -16,7 +16,7 @@ name=$1 n1=$2 n2=$3 dir=$4
 {
     i=0
     while [ "$i" -lt "$n1" ]; do
-        printf '#a%d pi 3000000 1\n' "$i"
+        printf '#a%d pi 10000000 1\n' "$i"
         i=$((i + 1))
     done
     : >"$dir/$name.phase1"
