@@ -53,7 +53,8 @@ struct Cli {
     #[arg(long)]
     quick: bool,
     /// Run only these cases (repeatable, or comma-separated): small,
-    /// pipelined, udp, sum, pi, idle, sched, http (or 1 to 8).
+    /// pipelined, udp, sum, pi, idle, sched, http, parse, floats, stats,
+    /// kernels (or 1 to 12).
     #[arg(long = "case", value_name = "NAME")]
     cases: Vec<String>,
     /// The taskd binary [default: target/release/taskd of the workspace].
@@ -346,8 +347,7 @@ fn run_suite(cli: Cli) -> Result<bool, String> {
     } else {
         Duration::from_millis(500)
     };
-    let sum_line = selected
-        .contains(&Case::Sum)
+    let sum_line = (selected.contains(&Case::Sum) || selected.contains(&Case::Stats))
         .then(|| inproc::value_line(cases::SUM_VALUES, cases::SUM_BOUND, 2024));
     let ctx = Ctx {
         taskd_bin,
@@ -452,7 +452,7 @@ mod tests {
         let names = vec!["sched,small".to_string(), "small".to_string()];
         assert_eq!(parse_cases(&names).unwrap(), vec![Case::Small, Case::Sched]);
         assert!(parse_cases(&["bogus".to_string()]).is_err());
-        assert_eq!(parse_cases(&[]).unwrap().len(), 8);
+        assert_eq!(parse_cases(&[]).unwrap().len(), 12);
     }
 
     #[test]

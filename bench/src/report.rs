@@ -158,8 +158,12 @@ impl Results {
                 Target::None => (String::new(), None, false),
                 Target::RatioMin(x) => (format!(">= {x}x"), Some(rm >= x), lo < x && hi >= x),
                 Target::RatioMax(x) => (format!("<= {x}x"), Some(rm <= x), lo <= x && hi > x),
-                Target::TaskdMin(x) => (format!("taskd >= {x} {unit}"), Some(tm >= x), tlo < x && thi >= x),
                 Target::TaskdMax(x) => (format!("taskd <= {x} {unit}"), Some(tm <= x), tlo <= x && thi > x),
+                Target::TaskdMinRatioMin(x, r) => (
+                    format!("taskd >= {x} {unit}, >= {r}x"),
+                    Some(tm >= x && rm >= r),
+                    (tlo < x && thi >= x) || (lo < r && hi >= r),
+                ),
             };
             let verdict = match (met, straddles) {
                 (None, _) => "",

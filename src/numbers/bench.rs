@@ -159,6 +159,18 @@ fn shapes() -> Vec<(&'static str, Vec<u8>)> {
             }),
         ),
         (
+            "19-digit ints",
+            map(400_000, 9 * 10u64.pow(18), 6, " ", &|x| {
+                (x + 10u64.pow(18)).to_string()
+            }),
+        ),
+        (
+            "floats like 1.5e-3",
+            map(1_000_000, 10_000, 7, " ", &|x| {
+                format!("{}.{}e{}", 1 + x % 9, (x / 9) % 10, ((x / 90) % 19) as i64 - 9)
+            }),
+        ),
+        (
             "shortest doubles (ryu)",
             map(300_000, u64::MAX, 5, " ", &|x| {
                 ((x >> 11) as f64 / (1u64 << 53) as f64 * 1000.0).to_string()
@@ -180,6 +192,29 @@ fn bench_other_shapes() {
             black_box(parse_text_list(black_box(line)).ok());
         });
         report(&format!("parse: {name}"), line.len(), t);
+        let text = std::str::from_utf8(line).expect("ascii");
+        let t = median_secs(11, || {
+            let mut s = 0f64;
+            for tok in black_box(text)
+                .split([' ', ',', '[', ']'])
+                .filter(|t| !t.is_empty())
+            {
+                s += tok.parse::<f64>().unwrap_or(0.0);
+            }
+            black_box(s);
+        });
+        report(&format!("str::parse::<f64>: {name}"), line.len(), t);
+        let t = median_secs(11, || {
+            let mut s = 0i64;
+            for tok in black_box(text)
+                .split([' ', ',', '[', ']'])
+                .filter(|t| !t.is_empty())
+            {
+                s = s.wrapping_add(tok.parse::<i64>().unwrap_or(0));
+            }
+            black_box(s);
+        });
+        report(&format!("str::parse::<i64>: {name}"), line.len(), t);
     }
 }
 
@@ -225,4 +260,43 @@ fn callgrind_parse() {
     let (line, _) = sum_line();
     println!("{} bytes", line.len());
     black_box(parse_text_list(black_box(&line)).ok());
+}
+
+/// The stages of a big `stats` request: parsing, then each field (median by selection).
+#[test]
+#[ignore = "benchmark"]
+fn bench_stats_stages() {
+    let (line, _) = sum_line();
+    let values = parse_text_list(&line).expect("parses");
+    let reps = 21;
+    let t = median_secs(reps, || {
+        black_box(parse_text_list(black_box(&line)).ok());
+    });
+    report("parse_text_list", line.len(), t);
+    for (name, f) in [
+        (
+            "min",
+            crate::ops::list::min as fn(&Values) -> Result<crate::numbers::Num, String>,
+        ),
+        ("max", crate::ops::list::max),
+        ("mean", crate::ops::list::mean),
+        ("median", crate::ops::list::median),
+    ] {
+        let t = median_secs(reps, || {
+            black_box(f(black_box(&values)).ok());
+        });
+        report(name, line.len(), t);
+    }
+    let t = median_secs(reps, || {
+        black_box(crate::ops::list::stats(black_box(&values)).ok());
+    });
+    report("stats (all fields)", line.len(), t);
+    let floats = Values::Floats(match &values {
+        Values::Ints(v) => v.iter().map(|&x| x as f64 / 7.0).collect(),
+        Values::Floats(v) => v.clone(),
+    });
+    let t = median_secs(reps, || {
+        black_box(crate::ops::list::median(black_box(&floats)).ok());
+    });
+    report("median of doubles", line.len(), t);
 }

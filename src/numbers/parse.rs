@@ -2,9 +2,10 @@
 //!
 //! Lines can be 8 MB of numbers, and the worker parses them, so this is a hand-written
 //! single-pass scanner over bytes: no UTF-8 validation of the line, no allocation per value,
-//! digits read eight at a time, and integers and short decimals never reach the (much slower)
-//! general float parser. This file defines the grammar and every error; the bulk of a long
-//! list (integers, short decimals, blanks and single commas) is taken 64 bytes at a time by
+//! digits read eight at a time, and integers and short decimals never reach a general float
+//! parser (the others go to fast-float2's Eisel-Lemire, not std's UTF-8-checked `str::parse`).
+//! This file defines the grammar and every error; the bulk of a long list (integers,
+//! doubles of up to 19 digits, blanks and single commas) is taken 64 bytes at a time by
 //! the fast loop in `fast.rs`, which stops wherever anything else begins and leaves it to the
 //! scanner here. The event loop counts values with [`count_text_values`] before any parsing
 //! (for `too-many` and the scheduling cost); the tokenizer here uses the same separator set,
@@ -17,8 +18,9 @@ use crate::numbers::{ValueError, Values};
 
 /// Counts values of a list argument the way the event loop does BEFORE parsing: the number of
 /// maximal runs of bytes that are not space, tab, ',', '[' or ']'.
+#[inline(never)]
 pub fn count_text_values(args: &[u8]) -> usize {
-    count_values(args, Isa::detect())
+    count_values(args, Isa::detect().for_len(args.len()))
 }
 
 /// What a value token turned out to be.
@@ -177,10 +179,12 @@ fn fast_float(neg: bool, mantissa: u64, frac_digits: usize, exp: u64, exp_neg: b
     Scan::Float(if neg { -x } else { x })
 }
 
-/// Parses text the scanner accepted as a valid value into a double; `None` only if the
-/// scanner and Rust's float grammar ever disagreed, which the tests rule out.
+/// Parses text the scanner accepted as a valid value into a double, with fast-float2 (an
+/// Eisel-Lemire parser, correctly rounded as std's `str::parse` is, without its UTF-8
+/// check); `None` only if the scanner and that grammar ever disagreed, which the tests rule
+/// out.
 fn parse_f64(text: &[u8]) -> Option<f64> {
-    std::str::from_utf8(text).ok()?.parse().ok()
+    fast_float2::parse(text).ok()
 }
 
 /// Quotes a piece of request text for an error message: at most 32 bytes, and anything that
@@ -349,8 +353,11 @@ fn expected_values(args: &[u8], isa: Isa) -> usize {
 /// spaces/tabs and/or a single comma with optional spaces around it, optionally one pair of
 /// square brackets around the whole list. All integers within i64 give [`Values::Ints`],
 /// anything else [`Values::Floats`]; zero values give an empty `Values::Ints`.
+// Not inlined: once per request, and callgrind's `--toggle-collect='*parse_text_list*'`
+// (numbers::bench) needs it to be a function of its own.
+#[inline(never)]
 pub fn parse_text_list(args: &[u8]) -> Result<Values, ValueError> {
-    parse_text_with(args, Isa::detect())
+    parse_text_with(args, Isa::detect().for_len(args.len()))
 }
 
 /// [`parse_text_list`] with the given instruction set, which the tests vary.

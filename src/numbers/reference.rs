@@ -379,7 +379,138 @@ fn assemble(
     }
 }
 
+/// Every word of a few kinds with a byte replaced or inserted at each of its positions, a
+/// byte that breaks the grammar there or changes the word's kind, among integers and among
+/// doubles, at the start of a list and in its middle (past the first 64-byte block).
+#[test]
+fn invalid_bytes_at_every_position_of_a_word() {
+    let words = [
+        "-1.5e-3",
+        "12345678",
+        "123456789.123456789",
+        "9223372036854775807",
+        "-9223372036854775808",
+        "0.30000000000000004",
+        "+.5e+10",
+        "1e308",
+    ];
+    let bytes = [
+        b'x', b'.', b'e', b'-', b'+', 0xff, b'\r', b'_', b'0', 0, b',', b']', b' ',
+    ];
+    let ints: Vec<String> = (0..24).map(|k| (k * 7919 % 100_000).to_string()).collect();
+    let doubles: Vec<String> = (0..24)
+        .map(|k| format!("{}.{}e-{}", k % 9 + 1, k % 10, k % 12))
+        .collect();
+    for word in words {
+        let w = word.as_bytes();
+        for k in 0..=w.len() {
+            for b in bytes {
+                let mut variants = vec![[&w[..k], &[b], &w[k..]].concat()];
+                if k < w.len() {
+                    variants.push([&w[..k], &[b], &w[k + 1..]].concat());
+                }
+                for v in variants {
+                    for context in [&ints, &doubles] {
+                        for at in [0, 17] {
+                            let mut line = Vec::new();
+                            for (j, c) in context.iter().enumerate() {
+                                if j > 0 {
+                                    line.push(b' ');
+                                }
+                                if j == at {
+                                    line.extend_from_slice(&v);
+                                    line.push(b' ');
+                                }
+                                line.extend_from_slice(c.as_bytes());
+                            }
+                            if let Err(e) = agree(&line) {
+                                panic!("{e}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Lists of one value repeated, joined by every separator the grammar allows and by some it
+/// does not, long enough for the block loop.
+#[test]
+fn every_separator_mix() {
+    let seps = [
+        " ", "\t", ",", ", ", " ,", " , ", ",\t", "\t,\t", "  ", " \t ", ",,", ", ,", "[", "]",
+    ];
+    for value in ["7", "-12345678901", "1.5e-3", "0.1"] {
+        for a in seps {
+            for b in seps {
+                let mut line = String::new();
+                for k in 0..40 {
+                    if k > 0 {
+                        line.push_str(if k % 3 == 0 { b } else { a });
+                    }
+                    line.push_str(value);
+                }
+                check(&line);
+                check(&format!("[{line}]"));
+            }
+        }
+    }
+}
+
+/// Cases of each property below: proptest's 256 by default, more with TASKD_FUZZ_CASES
+/// (for a long run: `TASKD_FUZZ_CASES=100000 cargo test --release --lib numbers`).
+fn fuzz_cases() -> u32 {
+    std::env::var("TASKD_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
+
+/// Values of a list of doubles: short ones with exponents (the common shape), shortest
+/// round-trip doubles in both notations, long mantissas and exponents around every limit of
+/// the fast paths (16 and 19 digits, 3-digit exponents, 2^53, 10^22), and the edges of the
+/// double range.
+fn double_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => (1u32..10, 0u32..10, -12i32..12, any::<bool>())
+            .prop_map(|(a, b, e, neg)| format!("{}{a}.{b}e{e}", if neg { "-" } else { "" })),
+        2 => any::<f64>().prop_filter("finite", |x| x.is_finite()).prop_map(|x| format!("{x:e}")),
+        1 => (-1e6f64..1e6).prop_map(|x| x.to_string()),
+        1 => "[-+]?[0-9]{0,20}[.]?[0-9]{0,20}[eE][-+]?[0-9]{1,4}",
+        1 => "[-+]?0{0,20}[0-9]{0,3}[.][0-9]{0,25}",
+        1 => "[-+]?[0-9]{15,21}",
+        1 => prop::sample::select(vec![
+            "-0", "-0.0", "+.5", "5.", "0e0", "-0e-0", "1e22", "1e23", "1e-22", "9007199254740992.5",
+            "9007199254740993", "9007199254740993.0", "18446744073709551615", "1e308",
+            "1.7976931348623157e308", "1.7976931348623158e308", "1.7976931348623159e308", "2e-324",
+            "5e-324", "2.4703282292062327e-324", "2.4703282292062328e-324", "4.9406564584124654e-324",
+            "2.2250738585072011e-308", "2.2250738585072014e-308", "123456789012345678e-10",
+            "1234567890123456789e3", "12345678901234567890e-3", "0.000000000000000000001",
+            "1e999", "1e-999", "1e0000", "9999999999999999.9999",
+        ])
+        .prop_map(String::from),
+    ]
+}
+
 proptest! {
+    #![proptest_config(ProptestConfig::with_cases(fuzz_cases()))]
+
+    #[test]
+    fn double_lists_match_the_reference(
+        values in prop::collection::vec(double_value(), 0..120),
+        seps in prop::collection::vec(good_sep(), 1..8),
+        fault_at in any::<prop::sample::Index>(),
+        fault in prop::option::weighted(0.3, prop_oneof![
+            bad_value().prop_map(|v| (false, v)),
+            bad_sep().prop_map(|s| (true, s.to_string())),
+        ]),
+        brackets in any::<bool>(),
+    ) {
+        let fault = fault.filter(|_| !values.is_empty()).map(|(is_sep, f)| (fault_at.index(values.len()), is_sep, f));
+        agree(assemble(&values, &seps, fault, brackets, "").as_bytes())?;
+    }
+
     #[test]
     fn long_lists_match_the_reference(
         values in prop::collection::vec(good_value(), 0..150),

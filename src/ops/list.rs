@@ -60,41 +60,25 @@ pub fn mean(v: &Values) -> Result<Num, String> {
     }
 }
 
-/// Found by selection on a copy (linear time, unlike a sort). For an even count, integers give
-/// their exact midpoint (`Num::Half` when it ends in .5), doubles `(a + b) / 2`.
+/// Found by selection (linear time, unlike a sort; see `middle_keys`). For an even count,
+/// integers give their exact midpoint (`Num::Half` when it ends in .5), doubles `(a + b) / 2`.
 pub fn median(v: &Values) -> Result<Num, String> {
     match v {
         Values::Ints(xs) => {
-            let mut w = xs.clone();
-            let mid = w.len() / 2;
-            if w.is_empty() {
-                return Err(no_values());
-            }
-            let (lower, &mut hi, _) = w.select_nth_unstable(mid);
+            let (lo, hi) = middle_keys(xs, |x| x, SAMPLED_SELECTION_MIN).ok_or_else(no_values)?;
             if xs.len() % 2 == 1 {
                 return Ok(Num::Int(hi.into()));
             }
-            // After selection, everything before `mid` is <= hi, so the lower middle value
-            // is the largest of them.
-            let lo = lower.iter().copied().max().ok_or_else(no_values)?;
             let s = i128::from(lo) + i128::from(hi);
             Ok(if s % 2 == 0 { Num::Int(s / 2) } else { Num::Half(s) })
         }
         Values::Floats(xs) => {
-            let mut w = xs.clone();
-            let mid = w.len() / 2;
-            if w.is_empty() {
-                return Err(no_values());
-            }
-            let (lower, &mut hi, _) = w.select_nth_unstable_by(mid, f64::total_cmp);
+            let (lo, hi) = middle_keys(xs, total_key, SAMPLED_SELECTION_MIN).ok_or_else(no_values)?;
+            // The key is an involution of the bits: applied again, it gives them back.
+            let (lo, hi) = (from_total_key(lo), from_total_key(hi));
             if xs.len() % 2 == 1 {
                 return Ok(Num::Float(hi));
             }
-            let lo = lower
-                .iter()
-                .copied()
-                .reduce(|a, b| if a.total_cmp(&b).is_ge() { a } else { b })
-                .ok_or_else(no_values)?;
             let s = lo + hi;
             let m = if s.is_finite() {
                 s / 2.0
@@ -104,6 +88,94 @@ pub fn median(v: &Values) -> Result<Num, String> {
             finite(m, "median")
         }
     }
+}
+
+/// A double's place in `f64::total_cmp`'s order as an i64 (the same transformation
+/// total_cmp does): negative doubles get their other bits flipped, so that the signed
+/// integer order is the total order, -0 just below +0.
+fn total_key(x: f64) -> i64 {
+    let bits = x.to_bits() as i64;
+    bits ^ ((((bits >> 63) as u64) >> 1) as i64)
+}
+
+fn from_total_key(k: i64) -> f64 {
+    f64::from_bits((k ^ ((((k >> 63) as u64) >> 1) as i64)) as u64)
+}
+
+/// Lists shorter than this are selected on a plain copy: the sample below would be most of
+/// them.
+const SAMPLED_SELECTION_MIN: usize = 1 << 14;
+
+/// Values of the sample that brackets the middle.
+const SAMPLE: usize = 2048;
+
+/// The keys of ranks n/2 - 1 and n/2 (0-based) in sorted order, for n = `xs.len()`; with an
+/// odd n the second is the median, with an even n the two middle values. `None` if empty.
+///
+/// Selection on a copy (`select_nth_unstable`) costs about as much as parsing the values, so
+/// long lists go by Floyd and Rivest's idea instead: sort a sample spread evenly over the
+/// list, take two of its values that bracket the middle with a wide margin (4 standard
+/// deviations of the sample's rank either way), then one pass over the list counts the
+/// values below the bracket and copies those inside it, about 9 % of them, and selection on
+/// that copy finds the ranks. When the bracket misses (a list arranged against the evenly
+/// spread sample), the plain selection on a copy of all keys is the fallback: linear time in
+/// every case.
+fn middle_keys<T: Copy>(xs: &[T], key: impl Fn(T) -> i64, sampled_min: usize) -> Option<(i64, i64)> {
+    let n = xs.len();
+    let k = n / 2;
+    let even = n.is_multiple_of(2);
+    if n == 0 {
+        return None;
+    }
+    if n >= sampled_min.max(4 * SAMPLE) {
+        let mut sample: Vec<i64> = (0..SAMPLE)
+            .map(|j| key(xs[j * n / SAMPLE + n / (2 * SAMPLE)]))
+            .collect();
+        sample.sort_unstable();
+        // The sample's rank of the middle, with a margin of 4 standard deviations of a
+        // binomial count of SAMPLE draws at p = 1/2: 4 * sqrt(SAMPLE) / 2.
+        let margin = 2 * SAMPLE.isqrt();
+        let at = k * SAMPLE / n;
+        let lo = at.checked_sub(margin).map_or(i64::MIN, |j| sample[j]);
+        let hi = sample.get(at + margin).copied().unwrap_or(i64::MAX);
+        let mut below = 0usize;
+        let mut inside: Vec<i64> = Vec::with_capacity(n);
+        {
+            let spare = inside.spare_capacity_mut();
+            let mut len = 0usize;
+            for &x in xs {
+                let v = key(x);
+                below += usize::from(v < lo);
+                // Written every time and kept when inside: no branch to mispredict. `len`
+                // counts writes kept, at most one per value, so the slot exists.
+                spare[len].write(v);
+                len += usize::from(lo <= v && v <= hi);
+            }
+            // SAFETY: the first `len` slots were written above.
+            unsafe { inside.set_len(len) };
+        }
+        // Ranks k - 1 (for an even n) and k of the list are ranks k - 1 - below and
+        // k - below of `inside` when both fall inside it.
+        let first = if even { k - 1 } else { k };
+        if below <= first && k < below + inside.len() {
+            return Some(pair_at(&mut inside, k - below, even));
+        }
+    }
+    let mut keys: Vec<i64> = xs.iter().map(|&x| key(x)).collect();
+    Some(pair_at(&mut keys, k, even))
+}
+
+/// The value of rank `k` of `v` and, when `with_lower` (then k >= 1), the one of rank k - 1;
+/// else the rank-k value twice.
+fn pair_at(v: &mut [i64], k: usize, with_lower: bool) -> (i64, i64) {
+    let (lower, &mut hi, _) = v.select_nth_unstable(k);
+    // After selection everything before `k` is <= hi, so rank k - 1 is the largest of them.
+    let lo = if with_lower {
+        lower.iter().copied().max().unwrap_or(hi)
+    } else {
+        hi
+    };
+    (lo, hi)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -492,6 +564,79 @@ mod tests {
         }
     }
 
+    /// Ranks n/2 - 1 and n/2 by sorting (the rank-n/2 value twice for an odd n).
+    fn sorted_pair(xs: &[i64]) -> (i64, i64) {
+        let mut s = xs.to_vec();
+        s.sort_unstable();
+        let k = s.len() / 2;
+        if s.len().is_multiple_of(2) {
+            (s[k - 1], s[k])
+        } else {
+            (s[k], s[k])
+        }
+    }
+
+    /// Long lists of many shapes, through the sampled selection (and its fallback, for lists
+    /// whose evenly spread sample is all on one side of the middle), against sorting.
+    #[test]
+    fn sampled_selection_matches_sorting() {
+        let mut state = 11u64;
+        let mut next = move || {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        for n in [8192usize, 8193, 10_000, 20_001] {
+            let random: Vec<i64> = (0..n).map(|_| next() as i64).collect();
+            let few: Vec<i64> = (0..n).map(|_| (next() % 7) as i64 - 3).collect();
+            let sorted: Vec<i64> = (0..n as i64).collect();
+            let reversed: Vec<i64> = (0..n as i64).rev().collect();
+            let equal = vec![42i64; n];
+            let extremes: Vec<i64> = (0..n)
+                .map(|j| if j % 2 == 0 { i64::MIN } else { i64::MAX })
+                .collect();
+            let pipe: Vec<i64> = (0..n as i64).map(|j| j.min(n as i64 - j)).collect();
+            // Every sampled position holds the largest value: the bracket misses.
+            let mut against = random.clone();
+            for j in 0..SAMPLE {
+                against[j * n / SAMPLE + n / (2 * SAMPLE)] = i64::MAX;
+            }
+            for xs in [random, few, sorted, reversed, equal, extremes, pipe, against] {
+                assert_eq!(middle_keys(&xs, |x| x, 0), Some(sorted_pair(&xs)), "n = {n}");
+                let floats: Vec<f64> = xs.iter().map(|&x| x as f64 / 3.0).collect();
+                let mut s = floats.clone();
+                s.sort_by(f64::total_cmp);
+                let k = n / 2;
+                let want = if n % 2 == 1 { s[k] } else { (s[k - 1] + s[k]) / 2.0 };
+                assert_eq!(median(&Values::Floats(floats)), Ok(Num::Float(want)), "n = {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn total_keys_order_doubles_like_total_cmp() {
+        let xs = [
+            f64::NEG_INFINITY,
+            -1e308,
+            -1.0,
+            -5e-324,
+            -0.0,
+            0.0,
+            5e-324,
+            1.0,
+            1e308,
+            f64::INFINITY,
+        ];
+        for w in xs.windows(2) {
+            assert!(total_key(w[0]) < total_key(w[1]), "{} {}", w[0], w[1]);
+        }
+        for x in xs {
+            assert_eq!(from_total_key(total_key(x)).to_bits(), x.to_bits());
+        }
+    }
+
     /// The exact mean rounded to a double by way of a long decimal expansion: the digits are
     /// cut far below a double's precision and a trailing 1 stands for any nonzero rest, so
     /// Rust's correctly rounded parser rounds it the same way as the exact quotient.
@@ -536,6 +681,12 @@ mod tests {
             prop_oneof![any::<i64>(), -1000i64..1000, Just(i64::MAX), Just(i64::MIN)], 1..50)) {
             let got = mean(&Values::Ints(xs.clone()));
             prop_assert_eq!(got, Ok(Num::Float(reference_mean(&xs))));
+        }
+
+        #[test]
+        fn selection_matches_sorting(xs in prop::collection::vec(prop_oneof![any::<i64>(), -3i64..3], 1..200)) {
+            // The sampled path needs 4 samples' worth of values; below, the plain one.
+            prop_assert_eq!(middle_keys(&xs, |x| x, 0), Some(sorted_pair(&xs)));
         }
 
         #[test]
