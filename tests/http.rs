@@ -695,11 +695,16 @@ fn a_slow_client_does_not_block_others() {
 /// and the daemon exits 0.
 #[test]
 fn sigterm_drains_http() {
-    let mut d = Launch::http("[server]\nworkers = 2\ndrain_delay_s = 2\nshutdown_timeout_s = 6\n").start();
+    // 10^12 samples: minutes even for the vectorized kernel (10^10 takes 4 s in a debug
+    // build), so the task is surely running at the timeout.
+    let mut d = Launch::http(
+        "[server]\nworkers = 2\ndrain_delay_s = 2\nshutdown_timeout_s = 6\n\n[ops.pi]\nmax_samples = 1000000000000\n",
+    )
+    .start();
     let api = Api::of(&d);
     // A task that outlives the delay keeps the daemon serving after it.
     let mut long = d.http();
-    long.send(http_get("/v1/pi?samples=10000000000&chunks=1&id=long"));
+    long.send(http_get("/v1/pi?samples=1000000000000&chunks=1&id=long"));
     let running = wait_until(Duration::from_secs(10), || {
         let m = api.get("/metrics").text();
         m.contains("taskd_queue_tasks{queue=\"running\"} 1")

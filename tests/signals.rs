@@ -326,13 +326,17 @@ fn shutdown_timeout_answers_a_running_task_shutting_down() {
 
 #[test]
 fn drain_delay_keeps_serving_then_refuses() {
-    let mut d = Launch::line("[server]\ndrain_delay_s = 1\nshutdown_timeout_s = 3\n").start();
+    let mut d = Launch::line(
+        "[server]\ndrain_delay_s = 1\nshutdown_timeout_s = 3\n\n[ops.pi]\nmax_samples = 1000000000000\n",
+    )
+    .start();
     // A long task keeps the drain going past the delay (an idle daemon may
     // exit as soon as it starts refusing); one chunk, so a worker stays free
     // for the small requests.
     let mut long = d.connect();
-    // The largest pi allowed: seconds even on a fast vectorized kernel.
-    long.send("#long pi 10000000000 1");
+    // 10^12 samples: minutes even for the vectorized kernel (10^10, the default largest,
+    // takes 4 s in a debug build, about the drain's length).
+    long.send("#long pi 1000000000000 1");
     let mut c = d.connect();
     assert_eq!(c.ask("#warm sum 1 2"), "#warm OK 3");
     d.send_signal(libc::SIGTERM);
