@@ -9,6 +9,12 @@ use crate::ops::Output;
 use crate::protocol::reply::{write_err, write_ok};
 use crate::protocol::{Body, Failure, Format, Id};
 
+thread_local! {
+    /// The body of an HTTP response, written before its head (which says
+    /// its length): one buffer reused, not one per response.
+    static BODY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Appends the answer to `out`. `elapsed`: the task's time from arrival,
 /// which `/pi`'s body reports.
 pub fn write(
@@ -55,11 +61,11 @@ fn write_http(
             b.push(b'\n');
             http::write_response(out, 200, http::JSON_CONTENT_TYPE, &[], &b, close);
         }
-        Ok(output) => {
-            let mut b = Vec::with_capacity(64);
-            write_ok(&mut b, id, true, output);
-            http::write_response(out, 200, http::JSON_CONTENT_TYPE, &[], &b, close);
-        }
+        Ok(output) => BODY.with_borrow_mut(|b| {
+            b.clear();
+            write_ok(b, id, true, output);
+            http::write_response(out, 200, http::JSON_CONTENT_TYPE, &[], b, close);
+        }),
         Err(f) => http::write_failure(out, f, id, close),
     }
 }

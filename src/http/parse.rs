@@ -92,6 +92,10 @@ fn hex(b: u8) -> Option<u8> {
 /// Percent-decodes a query component, `+` as space. A `%` not followed by
 /// two hex digits is kept as is; bytes that are not UTF-8 become U+FFFD.
 pub(crate) fn decode_component(s: &str) -> String {
+    // Most components (numbers, names) have nothing to decode.
+    if !s.bytes().any(|b| b == b'%' || b == b'+') {
+        return s.to_owned();
+    }
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

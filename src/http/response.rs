@@ -53,11 +53,6 @@ pub fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
-/// Appends a whole response: status line, `Content-Type`,
-/// `Content-Length`, `Connection: close` when `close` and otherwise
-/// `Connection: keep-alive` (implicit for HTTP/1.1, needed by HTTP/1.0
-/// clients that asked for it), `extra_headers` (e.g. `("Allow", "GET")`,
-/// `("Retry-After", "1")`), then the body.
 /// Removes the body of the response written at `out[start..]`: the answer
 /// to a HEAD request has the headers of a GET's, Content-Length included,
 /// and nothing after them.
@@ -67,6 +62,13 @@ pub fn strip_body(out: &mut Vec<u8>, start: usize) {
     }
 }
 
+/// Appends a whole response: status line, `Content-Type`,
+/// `Content-Length`, `Connection: close` when `close` and otherwise
+/// `Connection: keep-alive` (implicit for HTTP/1.1, needed by HTTP/1.0
+/// clients that asked for it), `extra_headers` (e.g. `("Allow", "GET")`,
+/// `("Retry-After", "1")`), then the body. Pieces are appended as they
+/// are, nothing goes through `core::fmt`: the common response is a dozen
+/// copies.
 pub fn write_response(
     out: &mut Vec<u8>,
     status: u16,
@@ -75,16 +77,33 @@ pub fn write_response(
     body: &[u8],
     close: bool,
 ) {
-    let _ = write!(
-        out,
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: {}\r\n",
-        reason_phrase(status),
-        body.len(),
-        if close { "close" } else { "keep-alive" }
-    );
+    let head: &[u8] = match status {
+        200 => b"HTTP/1.1 200 OK\r\nContent-Type: ",
+        _ => b"",
+    };
+    if head.is_empty() {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        crate::numbers::write_u64(out, u64::from(status));
+        out.push(b' ');
+        out.extend_from_slice(reason_phrase(status).as_bytes());
+        out.extend_from_slice(b"\r\nContent-Type: ");
+    } else {
+        out.extend_from_slice(head);
+    }
+    out.extend_from_slice(content_type.as_bytes());
+    out.extend_from_slice(b"\r\nContent-Length: ");
+    crate::numbers::write_u64(out, body.len() as u64);
+    out.extend_from_slice(if close {
+        b"\r\nConnection: close\r\n"
+    } else {
+        b"\r\nConnection: keep-alive\r\n"
+    });
     for (name, value) in extra_headers {
         debug_assert!(!name.contains(['\r', '\n']) && !value.contains(['\r', '\n']));
-        let _ = write!(out, "{name}: {value}\r\n");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
