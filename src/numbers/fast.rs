@@ -659,7 +659,7 @@ pub(super) const SLACK: usize = 32;
 /// Bytes a block's loop reads: the block and the next one (a value may run into it, and the
 /// next block is classified one step ahead). Every WINDOW and TOKEN from a start in the block
 /// ends within them.
-const SPAN: usize = 128;
+pub(super) const SPAN: usize = 128;
 
 /// The body of [`fast_ints`], expanded once per classification function so that each copy is
 /// compiled with that function's target features.

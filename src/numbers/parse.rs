@@ -12,7 +12,8 @@
 //! so on valid input the two agree.
 
 use crate::numbers::fast::{
-    EXACT_POW10, Isa, POW10, SLACK, ZEROS, count_values, digit_run, eight_digits, fast_ints, is_sep, is_ws,
+    EXACT_POW10, Isa, POW10, SLACK, SPAN, ZEROS, count_values, digit_run, eight_digits, fast_ints, is_sep,
+    is_ws,
 };
 use crate::numbers::{ValueError, Values};
 
@@ -330,6 +331,9 @@ fn place(n: usize) -> String {
     }
 }
 
+/// Lines up to this long are not counted: see `expected_values`.
+const SHORT: usize = 256;
+
 /// Lines up to twice this long are counted exactly; longer ones are estimated from this
 /// many bytes at their start.
 const SAMPLE: usize = 16 * 1024;
@@ -340,6 +344,11 @@ const SAMPLE: usize = 16 * 1024;
 /// separator per value). Lists are rarely denser further on; when one is,
 /// [`Acc::room_for_rest`] makes more room.
 fn expected_values(args: &[u8], isa: Isa) -> usize {
+    // A short line: its most values (one byte and a separator each) cost
+    // less than counting them.
+    if args.len() <= SHORT {
+        return args.len() / 2 + 1;
+    }
     if args.len() <= 2 * SAMPLE {
         return count_values(args, isa);
     }
@@ -420,7 +429,9 @@ pub(super) fn parse_text_with(args: &[u8], isa: Isa) -> Result<Values, ValueErro
                 // means whitespace or a comma came between them: no check needed. Most
                 // values are taken many at a time by the fast loop, which stops right after
                 // a value, before anything it leaves to this loop.
-                if skip_fast == 0 {
+                // The fast loop reads whole blocks: the last bytes of a line,
+                // and a short line, are the scanner's.
+                if skip_fast == 0 && args.len() - i >= SPAN {
                     acc.room_for_rest(args.len(), i, n);
                     let (before, stop) = match &mut acc.values {
                         Values::Ints(out) => (out.len(), fast_ints(args, i, out, isa)),
@@ -438,7 +449,7 @@ pub(super) fn parse_text_with(args: &[u8], isa: Isa) -> Result<Values, ValueErro
                     skip_fast = fast_backoff;
                     fast_backoff = (fast_backoff * 2).min(64);
                 } else {
-                    skip_fast -= 1;
+                    skip_fast = skip_fast.saturating_sub(1);
                 }
                 n += 1;
                 let (scan, end) = scan_value(args, i);
