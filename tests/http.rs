@@ -1036,3 +1036,50 @@ mod props {
         assert_eq!(d.http().ask(http_get("/healthz")).status, 200);
     }
 }
+
+/// HEAD on every GET endpoint: the headers of the GET, Content-Length
+/// included, and no body (monitors and balancers use it).
+#[test]
+fn head_answers_like_get_without_a_body() {
+    let d = Launch::http("").start();
+    for target in [
+        "/healthz",
+        "/v1/max?values=1,2",
+        "/statistics",
+        "/metrics",
+        "/pi?simulations=1000",
+    ] {
+        let mut s = TcpStream::connect(d.tcp).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        // A HEAD, then a GET on the same connection: the GET's status line
+        // must follow the HEAD's headers at once.
+        let req = format!(
+            "HEAD {target} HTTP/1.1\r\nHost: x\r\n\r\nGET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).expect("send");
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).expect("read");
+        let text = String::from_utf8_lossy(&all);
+        let (head, rest) = text
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("{target}: {text}"));
+        assert!(head.starts_with("HTTP/1.1 200 "), "{target}: {head}");
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{target}: no Content-Length in {head}"));
+        assert!(len > 0, "{target}: the GET's length");
+        assert!(
+            rest.starts_with("HTTP/1.1 200 "),
+            "{target}: a body after HEAD's headers: {rest:?}"
+        );
+        // The GET's body is as long as HEAD said (the /metrics text and
+        // pi's estimate change between the two, not by much).
+        let (_, body) = rest.split_once("\r\n\r\n").expect("the GET's head");
+        if target != "/metrics" && !target.starts_with("/pi") {
+            assert_eq!(body.len(), len, "{target}");
+        }
+    }
+}

@@ -585,3 +585,44 @@ fn sigusr1_reopens_the_results_log() {
         "old lines in the fresh results.log: {new_ids:?}"
     );
 }
+
+/// The worker threads of a daemon (named taskd-worker-N).
+fn worker_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.starts_with("taskd-worker"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn sighup_shrinks_and_grows_the_worker_pool() {
+    let d = Launch::line("[server]\nworkers = 4\n").start();
+    assert_eq!(d.info_map()["workers"], "4");
+    assert!(wait_until(Duration::from_secs(5), || worker_threads(d.pid()) == 4));
+    for (workers, want) in [(1, "1"), (3, "3")] {
+        d.rewrite_config(&line_config(d.port, &format!("[server]\nworkers = {workers}\n")));
+        d.send_signal(libc::SIGHUP);
+        assert!(
+            wait_until(Duration::from_secs(5), || d.info_map()["workers"] == want),
+            "info after SIGHUP with workers = {workers}: {:?}",
+            d.info_map()
+        );
+        // Surplus workers finish their job and exit.
+        assert!(
+            wait_until(Duration::from_secs(5), || worker_threads(d.pid()) == workers),
+            "{} worker threads for workers = {workers}",
+            worker_threads(d.pid())
+        );
+        let r = d.connect().ask("#p pi 100000 3");
+        assert!(
+            r.starts_with("#p OK ") && r.ends_with(" samples=100000 chunks=3"),
+            "{r}"
+        );
+    }
+}

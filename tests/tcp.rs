@@ -632,3 +632,19 @@ fn a_disabled_operation_is_denied() {
     assert_eq!(replies[3], "OK 2");
     assert!(d.udp("median 1 2").starts_with("ERR denied "));
 }
+
+/// pi's range errors show the client's own digits, also when they do not
+/// fit 64 bits (not a saturated value).
+#[test]
+fn pi_range_messages_show_the_clients_digits() {
+    let d = Launch::line("").start();
+    let mut c = d.connect();
+    assert_eq!(
+        c.ask("pi 99999999999999999999999"),
+        "ERR range SAMPLES 99999999999999999999999 out of range 1..=10000000000"
+    );
+    assert_eq!(
+        c.ask("pi 10 4294967296"),
+        "ERR range CHUNKS 4294967296 out of range 1..=10"
+    );
+}
