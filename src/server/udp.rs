@@ -16,6 +16,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -35,14 +36,17 @@ const DATAGRAMS_PER_TURN: usize = 256;
 /// Replies kept while the socket's send buffer is full; beyond this they
 /// are dropped (UDP promises no delivery) and counted.
 const MAX_QUEUED_REPLIES: usize = 4096;
+/// Entries of the cache of peer address texts.
+const PEER_SLOTS: usize = 1024;
 /// Sent bytes at the front of a queue's buffer worth moving the rest for.
 const COMPACT_BYTES: usize = 64 * 1024;
 
 /// What the loop keeps for reading datagrams: the buffers of one
-/// `recvmmsg`.
+/// `recvmmsg`, and the text of recent sources' addresses.
 #[derive(Default)]
 pub struct UdpRx {
     batch: RecvBatch,
+    peers: PeerNames,
 }
 
 /// The replies of one datagram, sent in line order as they complete.
@@ -165,7 +169,7 @@ impl Server {
                 if !self.listeners[index].settings.admits(canonical(d.dest.peer.ip())) {
                     continue;
                 }
-                let peer = d.dest.peer.to_string().into();
+                let peer = rx.peers.text(d.dest.peer);
                 self.datagram(index, d.dest, peer, rx.batch.data(d), d.truncated, now);
             }
             if n < want {
@@ -191,12 +195,7 @@ impl Server {
     ) {
         let max = self.cfg.limits.max_line_bytes;
         // One `too-long` for a datagram cut short by the buffer.
-        let lines = || {
-            data.split(|&b| b == b'\n')
-                .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-                .filter(|l| !protocol::is_blank(l))
-        };
-        let total = if truncated { 1 } else { lines().count() };
+        let total = if truncated { 1 } else { lines(data).count() };
         let count = total.min(MAX_LINES_PER_DATAGRAM);
         if total > count {
             self.books.counters.udp_lines_dropped += (total - count) as u64;
@@ -232,7 +231,7 @@ impl Server {
             return;
         }
         let settings = Rc::clone(&self.listeners[index].settings);
-        for (line_no, line) in lines().take(count).enumerate() {
+        for (line_no, line) in lines(data).take(count).enumerate() {
             let origin = origin(line_no);
             if line.len() > max {
                 let format = if protocol::first_non_blank(line) == Some(b'{') {
@@ -372,6 +371,131 @@ impl Server {
             if let Err(e) = self.poll.registry().reregister(sock, token, interest) {
                 log::warn!("udp {}: cannot watch the socket: {e}", l.settings.cfg.address);
             }
+        }
+    }
+}
+
+/// The non-blank lines of a datagram, without their `\n` or `\r\n`.
+fn lines(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(data);
+    std::iter::from_fn(move || {
+        let d = rest?;
+        let (line, next) = match memchr::memchr(b'\n', d) {
+            Some(i) => (&d[..i], Some(&d[i + 1..])),
+            None => (d, None),
+        };
+        rest = next;
+        Some(line)
+    })
+    .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+    .filter(|l| !protocol::is_blank(l))
+}
+
+/// The text of recent sources' addresses (a request's `peer`), so that a
+/// client sending many datagrams has its address written once: a
+/// direct-mapped cache of [`PEER_SLOTS`] entries, allocated on first use.
+#[derive(Default)]
+struct PeerNames {
+    slots: Vec<Option<(SocketAddr, Rc<str>)>>,
+}
+
+impl PeerNames {
+    fn text(&mut self, addr: SocketAddr) -> Rc<str> {
+        if self.slots.is_empty() {
+            self.slots = vec![None; PEER_SLOTS];
+        }
+        let slot = &mut self.slots[peer_slot(&addr)];
+        match slot {
+            Some((a, text)) if *a == addr => Rc::clone(text),
+            _ => {
+                let text = peer_text(addr);
+                *slot = Some((addr, Rc::clone(&text)));
+                text
+            }
+        }
+    }
+}
+
+fn peer_slot(addr: &SocketAddr) -> usize {
+    let ip = match addr {
+        SocketAddr::V4(a) => u64::from(a.ip().to_bits()),
+        SocketAddr::V6(a) => {
+            let b = a.ip().to_bits();
+            (b as u64) ^ ((b >> 64) as u64)
+        }
+    };
+    let h = (ip ^ (u64::from(addr.port()) << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (h >> 32) as usize % PEER_SLOTS
+}
+
+/// `a.b.c.d:port` without `core::fmt` for IPv4; IPv6 the usual way.
+fn peer_text(addr: SocketAddr) -> Rc<str> {
+    let SocketAddr::V4(a) = addr else {
+        return addr.to_string().into();
+    };
+    let mut buf = [0u8; 21];
+    let mut n = 0;
+    for (i, octet) in a.ip().octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[n] = b'.';
+            n += 1;
+        }
+        n += decimal(&mut buf[n..], octet.into());
+    }
+    buf[n] = b':';
+    n += 1;
+    n += decimal(&mut buf[n..], a.port());
+    // Digits, dots and a colon.
+    std::str::from_utf8(&buf[..n]).map_or_else(|_| addr.to_string().into(), Rc::from)
+}
+
+/// Writes `v` in decimal at the start of `out`: the digits written.
+fn decimal(out: &mut [u8], mut v: u16) -> usize {
+    let mut digits = [0u8; 5];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let len = digits.len() - i;
+    out[..len].copy_from_slice(&digits[i..]);
+    len
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_datagrams_lines_are_its_non_blank_ones() {
+        let got: Vec<&[u8]> = lines(b"a\n\n  \r\nb c\r\n\td\n\n").collect();
+        assert_eq!(got, [&b"a"[..], b"b c", b"\td"]);
+        assert_eq!(lines(b"").count(), 0);
+        assert_eq!(lines(b"\n\r\n \t").count(), 0);
+        assert_eq!(lines(b"one").collect::<Vec<_>>(), [b"one"]);
+    }
+
+    #[test]
+    fn peer_texts_are_the_addresses_display() {
+        let mut names = PeerNames::default();
+        for a in [
+            "0.0.0.0:0",
+            "127.0.0.1:7700",
+            "255.255.255.255:65535",
+            "10.20.3.4:9",
+            "[::1]:7700",
+            "[::ffff:127.0.0.2]:53",
+            "[fe80::1%2]:1",
+        ] {
+            let addr: SocketAddr = a.parse().expect("address");
+            assert_eq!(&*names.text(addr), addr.to_string());
+            // Cached: the same text again.
+            let again = names.text(addr);
+            assert_eq!(&*again, addr.to_string());
         }
     }
 }
