@@ -82,14 +82,17 @@ pub struct UdpOut {
 }
 
 impl UdpOut {
-    /// Queues one reply; false (and nothing queued) when the queue is full.
-    fn push(&mut self, dest: Dest, reply: &[u8]) -> bool {
+    /// Queues one reply: its length, or None (and nothing queued) when the
+    /// queue is full.
+    fn push(&mut self, dest: Dest, reply: impl UdpReply) -> Option<usize> {
         if self.queue.len() >= MAX_QUEUED_REPLIES {
-            return false;
+            return None;
         }
-        self.bytes.extend_from_slice(reply);
-        self.queue.push_back((dest, reply.len()));
-        true
+        let start = self.bytes.len();
+        reply.append_to(&mut self.bytes);
+        let len = self.bytes.len() - start;
+        self.queue.push_back((dest, len));
+        Some(len)
     }
 
     /// Sends the queue, [`SEND_BATCH`] datagrams per system call, until it
@@ -267,7 +270,14 @@ impl Server {
     /// Delivers reply `line` of a batch (its task held `task_held` bytes):
     /// it and the replies after it that were waiting for it join the
     /// listener's queue, or it waits for the replies before it.
-    pub(super) fn udp_fill(&mut self, batch: usize, id: u64, line: usize, reply: Vec<u8>, task_held: usize) {
+    pub(super) fn udp_fill(
+        &mut self,
+        batch: usize,
+        id: u64,
+        line: usize,
+        reply: impl UdpReply,
+        task_held: usize,
+    ) {
         let Some(b) = self.batches.get_mut(batch).filter(|b| b.id == id) else {
             return;
         };
@@ -283,27 +293,23 @@ impl Server {
             _ => None,
         };
         let (mut queued, mut dropped) = (0, 0);
-        let mut emit = |reply: &[u8]| {
-            if let Some(o) = out.as_deref_mut() {
-                if o.push(b.dest, reply) {
-                    queued += reply.len();
-                } else {
-                    dropped += 1;
-                }
-            }
-        };
         if line == b.sent {
-            emit(&reply);
+            if let Some(o) = out.as_deref_mut() {
+                tally(o.push(b.dest, reply), &mut queued, &mut dropped);
+            }
             b.sent += 1;
             while let Some(r) = b.early.get_mut(b.sent).and_then(Option::take) {
                 b.held -= r.len();
-                emit(&r);
+                if let Some(o) = out.as_deref_mut() {
+                    tally(o.push(b.dest, r), &mut queued, &mut dropped);
+                }
                 b.sent += 1;
             }
         } else if line > b.sent && line < b.lines {
             if b.early.is_empty() {
                 b.early.resize(b.lines, None);
             }
+            let reply = reply.into_vec();
             b.held += reply.len();
             b.early[line] = Some(reply);
         }
@@ -372,6 +378,44 @@ impl Server {
                 log::warn!("udp {}: cannot watch the socket: {e}", l.settings.cfg.address);
             }
         }
+    }
+}
+
+/// A reply for [`Server::udp_fill`]: bytes already written, or a writer
+/// that appends them where they go: straight into the listener's queue
+/// when the reply is in order, into a buffer of its own when it must wait.
+pub(super) trait UdpReply {
+    fn append_to(self, out: &mut Vec<u8>);
+    fn into_vec(self) -> Vec<u8>;
+}
+
+impl UdpReply for Vec<u8> {
+    fn append_to(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self);
+    }
+
+    fn into_vec(self) -> Vec<u8> {
+        self
+    }
+}
+
+impl<F: FnOnce(&mut Vec<u8>)> UdpReply for F {
+    fn append_to(self, out: &mut Vec<u8>) {
+        self(out);
+    }
+
+    fn into_vec(self) -> Vec<u8> {
+        let mut v = Vec::new();
+        self(&mut v);
+        v
+    }
+}
+
+/// Counts a reply queued (its bytes) or dropped for a full queue.
+fn tally(pushed: Option<usize>, queued: &mut usize, dropped: &mut u64) {
+    match pushed {
+        Some(len) => *queued += len,
+        None => *dropped += 1,
     }
 }
 
@@ -469,6 +513,16 @@ fn decimal(out: &mut [u8], mut v: u16) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reply_is_its_bytes_or_what_its_writer_appends() {
+        let mut out = b"a\n".to_vec();
+        b"b\n".to_vec().append_to(&mut out);
+        (|o: &mut Vec<u8>| o.extend_from_slice(b"c\n")).append_to(&mut out);
+        assert_eq!(out, b"a\nb\nc\n");
+        assert_eq!((|o: &mut Vec<u8>| o.push(b'd')).into_vec(), b"d");
+        assert_eq!(b"e".to_vec().into_vec(), b"e");
+    }
 
     #[test]
     fn a_datagrams_lines_are_its_non_blank_ones() {
