@@ -54,7 +54,8 @@ pub struct UdpBatch {
     id: u64,
     listener: usize,
     dest: Dest,
-    /// Lines of the datagram: replies to send.
+    /// Lines of the datagram: replies to send (`usize::MAX` until every
+    /// line is dispatched).
     lines: usize,
     /// Replies before this line are sent.
     sent: usize,
@@ -196,46 +197,37 @@ impl Server {
         truncated: bool,
         now: Instant,
     ) {
-        let max = self.cfg.limits.max_line_bytes;
-        // One `too-long` for a datagram cut short by the buffer.
-        let total = if truncated { 1 } else { lines(data).count() };
-        let count = total.min(MAX_LINES_PER_DATAGRAM);
-        if total > count {
-            self.books.counters.udp_lines_dropped += (total - count) as u64;
-        }
-        if count == 0 {
-            return;
-        }
-        let entry = self.batches.vacant_entry();
-        let batch = entry.key();
-        let id = self.next_batch_id;
-        self.next_batch_id += 1;
-        entry.insert(UdpBatch {
-            id,
-            listener: index,
-            dest,
-            lines: count,
-            sent: 0,
-            early: Vec::new(),
-            held: 0,
-        });
-        let origin = |line| Origin {
+        let origin = |batch, id, line| Origin {
             place: Place::Udp { batch, id, line },
             proto: Proto::Udp,
             peer: Rc::clone(&peer),
             cert_user: None,
         };
         if truncated {
+            // One `too-long` for a datagram cut short by the buffer.
+            let (batch, id) = self.udp_batch(index, dest);
             let f = Failure::new(
                 crate::protocol::Code::TooLong,
                 "datagram longer than the receive buffer",
             );
-            self.refuse(&origin(0), &Rejection::bare(Format::Text, f));
+            self.refuse(&origin(batch, id, 0), &Rejection::bare(Format::Text, f));
+            self.udp_batch_read(batch, id, 1);
             return;
         }
+        let max = self.cfg.limits.max_line_bytes;
         let settings = Rc::clone(&self.listeners[index].settings);
-        for (line_no, line) in lines(data).take(count).enumerate() {
-            let origin = origin(line_no);
+        // The batch is made for the first non-blank line, and told how many
+        // there are once they are all dispatched.
+        let mut batch = None;
+        let (mut served, mut dropped) = (0, 0);
+        for line in lines(data) {
+            if served == MAX_LINES_PER_DATAGRAM {
+                dropped += 1;
+                continue;
+            }
+            let (key, id) = *batch.get_or_insert_with(|| self.udp_batch(index, dest));
+            let origin = origin(key, id, served);
+            served += 1;
             if line.len() > max {
                 let format = if protocol::first_non_blank(line) == Some(b'{') {
                     Format::Json
@@ -256,6 +248,38 @@ impl Server {
                 Err(_) => None,
             };
             self.dispatch(&origin, parsed, payload, now);
+        }
+        self.books.counters.udp_lines_dropped += dropped;
+        if let Some((key, id)) = batch {
+            self.udp_batch_read(key, id, served);
+        }
+    }
+
+    /// A new batch for the replies of a datagram, its number of lines not
+    /// known yet: its slab key and id.
+    fn udp_batch(&mut self, listener: usize, dest: Dest) -> (usize, u64) {
+        let id = self.next_batch_id;
+        self.next_batch_id += 1;
+        let key = self.batches.insert(UdpBatch {
+            id,
+            listener,
+            dest,
+            lines: usize::MAX,
+            sent: 0,
+            early: Vec::new(),
+            held: 0,
+        });
+        (key, id)
+    }
+
+    /// Every line of a batch's datagram is dispatched: `lines` replies are
+    /// due, and those already sent may be all of them.
+    fn udp_batch_read(&mut self, batch: usize, id: u64, lines: usize) {
+        if let Some(b) = self.batches.get_mut(batch).filter(|b| b.id == id) {
+            b.lines = lines;
+            if b.sent >= lines {
+                self.batches.remove(batch);
+            }
         }
     }
 
@@ -306,8 +330,8 @@ impl Server {
                 b.sent += 1;
             }
         } else if line > b.sent && line < b.lines {
-            if b.early.is_empty() {
-                b.early.resize(b.lines, None);
+            if b.early.len() <= line {
+                b.early.resize(line + 1, None);
             }
             let reply = reply.into_vec();
             b.held += reply.len();

@@ -147,6 +147,8 @@ pub struct RecvBatch {
     got: Vec<Datagram>,
 }
 
+/// Allocates nothing: the loop takes the batch out of the server (leaving
+/// a default one in its place) for each read.
 impl Default for RecvBatch {
     fn default() -> Self {
         RecvBatch::with_slot(SLOT)
@@ -162,7 +164,7 @@ impl RecvBatch {
             iovs: Vec::new(),
             names: Vec::new(),
             cmsgs: Vec::new(),
-            got: Vec::with_capacity(RECV_BATCH),
+            got: Vec::new(),
         }
     }
 
@@ -181,6 +183,7 @@ impl RecvBatch {
             self.iovs = vec![NO_IOV; RECV_BATCH];
             self.names = vec![NO_ADDR; RECV_BATCH];
             self.cmsgs = vec![CmsgSpace([0; 128]); RECV_BATCH];
+            self.got = Vec::with_capacity(RECV_BATCH);
         }
         self.got.clear();
         // Raw pointers are taken once the arrays are written: nothing but
