@@ -99,6 +99,13 @@ fn more_than_64_lines_get_exactly_64_replies() {
         assert!(extra.len() < 10, "{extra:?}");
     }
     assert!(extra.is_empty(), "replies beyond the 64th line: {extra:?}");
+    // Counted: lines 65 to 70, blank lines not.
+    let info = d.info_map();
+    assert_eq!(
+        info.get("udp_lines_dropped").map(String::as_str),
+        Some("6"),
+        "{info:?}"
+    );
 }
 
 #[test]
