@@ -99,6 +99,13 @@ fn more_than_64_lines_get_exactly_64_replies() {
         assert!(extra.len() < 10, "{extra:?}");
     }
     assert!(extra.is_empty(), "replies beyond the 64th line: {extra:?}");
+    // Counted: lines 65 to 70, blank lines not.
+    let info = d.info_map();
+    assert_eq!(
+        info.get("udp_lines_dropped").map(String::as_str),
+        Some("6"),
+        "{info:?}"
+    );
 }
 
 #[test]
@@ -226,4 +233,162 @@ fn a_wildcard_listener_replies_from_the_address_it_was_asked_on() {
             "the reply comes from the address the request was sent to"
         );
     }
+}
+
+/// Replies leave in batches (`sendmmsg`): a burst of datagrams from many
+/// sockets, each datagram of lines answered on the loop and by workers, is
+/// answered completely, each reply to the socket that asked and, within a
+/// datagram, in line order.
+#[test]
+fn a_burst_from_many_sockets_is_answered_to_each_socket_in_line_order() {
+    const SOCKETS: usize = 50;
+    const DATAGRAMS: usize = 40;
+    const LINES: usize = 3;
+    /// Datagrams in flight per socket: 200 in all, well within the
+    /// daemon's receive buffer even at the kernel's default size.
+    const WINDOW: usize = 4;
+    let d = Launch::config(|port| {
+        format!(
+            "[[listener]]\nproto = \"tcp\"\naddress = \"127.0.0.1:{port}\"\n\n\
+             [[listener]]\nproto = \"udp\"\naddress = \"127.0.0.1:{port}\"\nrecv_buffer = 4194304\n"
+        )
+    })
+    .start();
+    let daemon = d.udp;
+    let start = std::sync::Arc::new(std::sync::Barrier::new(SOCKETS));
+    let threads: Vec<_> = (0..SOCKETS)
+        .map(|t| {
+            let start = std::sync::Arc::clone(&start);
+            std::thread::spawn(move || -> Result<(), String> {
+                let s = socket(Duration::from_secs(10));
+                // Per datagram, the next line whose reply is due.
+                let mut next = [0usize; DATAGRAMS];
+                let mut done = 0;
+                let mut sent = 0;
+                start.wait();
+                while done < DATAGRAMS {
+                    while sent < DATAGRAMS && sent < done + WINDOW {
+                        // A list line (on the loop or a worker), a pi line
+                        // (always a worker), a list line again: the third
+                        // reply is often ready before the second.
+                        let v = t * 1_000_000 + sent;
+                        let datagram = format!(
+                            "#{t}-{sent}-0 sum {v} 1\n#{t}-{sent}-1 pi 1000 1\n#{t}-{sent}-2 max {v} 2\n"
+                        );
+                        s.send_to(datagram.as_bytes(), daemon)
+                            .map_err(|e| e.to_string())?;
+                        sent += 1;
+                    }
+                    let (text, from) = recv(&s).ok_or(format!("socket {t}: no reply within 10 s"))?;
+                    if from != daemon {
+                        return Err(format!("socket {t}: a reply from {from}"));
+                    }
+                    let line = text.strip_suffix('\n').unwrap_or(&text);
+                    let (tag, answer) = line.split_once(' ').ok_or(format!("socket {t}: {line:?}"))?;
+                    let ids: Vec<usize> = tag
+                        .trim_start_matches('#')
+                        .split('-')
+                        .map(|x| x.parse().map_err(|_| format!("socket {t}: {line:?}")))
+                        .collect::<Result<_, _>>()?;
+                    let &[owner, dg, l] = &ids[..] else {
+                        return Err(format!("socket {t}: {line:?}"));
+                    };
+                    if owner != t || dg >= sent || l >= LINES {
+                        return Err(format!("socket {t} got another's reply: {line:?}"));
+                    }
+                    if l != next[dg] {
+                        return Err(format!(
+                            "socket {t}, datagram {dg}: line {l} answered before line {}",
+                            next[dg]
+                        ));
+                    }
+                    let v = t * 1_000_000 + dg;
+                    let ok = match l {
+                        0 => answer == format!("OK {}", v + 1),
+                        1 => answer.starts_with("OK ") && answer.ends_with(" samples=1000 chunks=1"),
+                        _ => answer == format!("OK {}", v.max(2)),
+                    };
+                    if !ok {
+                        return Err(format!("socket {t}: wrong reply {line:?}"));
+                    }
+                    next[dg] += 1;
+                    if next[dg] == LINES {
+                        done += 1;
+                    }
+                }
+                // Nothing more: every reply came once.
+                s.set_read_timeout(Some(Duration::from_millis(100)))
+                    .map_err(|e| e.to_string())?;
+                match recv(&s) {
+                    Some((extra, _)) => Err(format!("socket {t}: an extra reply {extra:?}")),
+                    None => Ok(()),
+                }
+            })
+        })
+        .collect();
+    let failures: Vec<String> = threads
+        .into_iter()
+        .filter_map(|th| th.join().expect("a client thread panicked").err())
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} sockets failed: {failures:?}",
+        failures.len()
+    );
+}
+
+/// One socket asks a wildcard listener on several of the host's addresses
+/// at once, several lines per datagram: the replies, sent together, each
+/// come from the address their request was sent to.
+#[test]
+fn replies_sent_together_each_come_from_the_address_asked() {
+    let d = Launch::config(|port| {
+        format!(
+            "[[listener]]\nproto = \"tcp\"\naddress = \"127.0.0.1:{port}\"\n\n\
+             [[listener]]\nproto = \"udp\"\naddress = \"0.0.0.0:{port}\"\n"
+        )
+    })
+    .start();
+    let s = socket(Duration::from_secs(10));
+    let to: Vec<SocketAddr> = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+        .iter()
+        .map(|ip| SocketAddr::new(ip.parse().expect("address"), d.port))
+        .collect();
+    const ROUNDS: usize = 30;
+    for r in 0..ROUNDS {
+        for (i, t) in to.iter().enumerate() {
+            s.send_to(format!("#{i}-{r}-a ping\n#{i}-{r}-b max {r} 1\n").as_bytes(), t)
+                .expect("send");
+        }
+    }
+    let mut counts = [0usize; 3];
+    for _ in 0..ROUNDS * to.len() * 2 {
+        let (text, from) = recv(&s).expect("a reply");
+        let i: usize = text[1..2].parse().expect("an index");
+        assert_eq!(from, to[i], "the reply {text:?} comes from the address asked");
+        counts[i] += 1;
+    }
+    assert_eq!(counts, [ROUNDS * 2; 3]);
+}
+
+#[test]
+fn a_wildcard_ipv6_listener_replies_from_the_address_it_was_asked_on() {
+    if UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 loopback address: skipped");
+        return;
+    }
+    let d = Launch::config(|port| {
+        format!(
+            "[[listener]]\nproto = \"tcp\"\naddress = \"127.0.0.1:{port}\"\n\n\
+             [[listener]]\nproto = \"udp\"\naddress = \"[::]:{port}\"\n"
+        )
+    })
+    .start();
+    let s = UdpSocket::bind("[::1]:0").expect("client socket");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let to: SocketAddr = format!("[::1]:{}", d.port).parse().expect("address");
+    s.send_to(b"max 1 9\nmin 1 9\n", to).expect("send");
+    assert_eq!(reply(&s, to), "OK 9");
+    assert_eq!(reply(&s, to), "OK 1");
 }

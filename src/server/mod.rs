@@ -59,7 +59,7 @@ use lifecycle::Life;
 use listener::ListenerSettings;
 use record::Books;
 use stream::Conn;
-use udp::{UdpBatch, UdpOut};
+use udp::{UdpBatch, UdpOut, UdpRx};
 
 const WAKER: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -147,7 +147,11 @@ struct Ready {
 
 impl Ready {
     fn is_urgent(&self) -> bool {
-        !(self.accept.is_empty() && self.read.is_empty() && self.udp.is_empty() && self.write.is_empty())
+        !(self.accept.is_empty()
+            && self.read.is_empty()
+            && self.udp.is_empty()
+            && self.write.is_empty()
+            && self.udp_write.is_empty())
     }
 }
 
@@ -171,11 +175,14 @@ pub struct Server {
     books: Books,
     life: Life,
     ready: Ready,
-    /// Receive buffer of UDP datagrams.
+    /// Read buffer of input that is thrown away (lingering connections,
+    /// refusals at the door).
     scratch: Vec<u8>,
     /// A small request's values, copied out of its connection's buffer for
     /// the time of its dispatch.
     line: Vec<u8>,
+    /// The buffers of one `recvmmsg` batch (`udp.rs`).
+    udp_rx: UdpRx,
 }
 
 fn resolve_workers(configured: usize) -> usize {
@@ -245,6 +252,7 @@ impl Server {
             ready: Ready::default(),
             scratch: vec![0; 65536],
             line: Vec::new(),
+            udp_rx: UdpRx::default(),
             cfg,
         };
         let mut passed = systemd::passed_sockets().map_err(StartError::config)?;
@@ -287,7 +295,7 @@ impl Server {
                 udp_io::enable_pktinfo(&s, l.address).map_err(fail)?;
                 self.poll
                     .registry()
-                    .register(&mut s, token, Interest::READABLE | Interest::WRITABLE)
+                    .register(&mut s, token, Interest::READABLE)
                     .map_err(fail)?;
                 Sock::Udp(s, UdpOut::default())
             }
