@@ -353,9 +353,10 @@ impl Server {
                 self.sync_conn(key);
             }
             Place::Udp { batch, id: b, line } => {
-                let mut bytes = Vec::new();
-                reply::write(&mut bytes, format, id, result, Duration::ZERO);
-                self.udp_fill(batch, b, line, bytes, 0);
+                // In order, the reply is written straight into the
+                // listener's queue of datagrams.
+                let write = |out: &mut Vec<u8>| reply::write(out, format, id, result, Duration::ZERO);
+                self.udp_fill(batch, b, line, write, 0);
             }
         }
     }

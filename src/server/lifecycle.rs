@@ -181,9 +181,9 @@ impl Server {
 
     /// Whether the loop may end: every task answered, every reply written
     /// and every connection closed (or the final grace period after the
-    /// deadline is over). Once all is answered, nothing more is accepted
-    /// or read, and the connections left get a lingering close: a client
-    /// sees the end of its connection, not a reset by the exit.
+    /// deadline is over). Once all is answered, nothing more is accepted,
+    /// and the connections left get a lingering close as they go quiet: a
+    /// client sees the end of its connection, not a reset by the exit.
     pub(super) fn drain_complete(&mut self, now: Instant) -> bool {
         let Some(d) = &self.life.drain else { return false };
         if now < d.refuse_from {
@@ -199,17 +199,11 @@ impl Server {
         if !(self.tasks.is_empty() && self.batches.is_empty() && written) {
             return false;
         }
+        // Connections are closed as they go quiet (a second without a
+        // request: the drain's idle rule), not at once: a client may still
+        // be sending requests it expects answered, if only with
+        // `shutting-down`.
         self.stop_listening(false);
-        let open: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.session.phase() == Phase::Open)
-            .map(|(k, _)| k)
-            .collect();
-        for key in open {
-            self.end_requests(key);
-        }
-        self.write_all(now);
         self.conns.is_empty()
     }
 
@@ -353,7 +347,11 @@ impl Server {
         log::info!("no longer listening on {} {}", s.proto.as_str(), s.address);
         let _ = match &mut l.sock {
             Sock::Tcp(t) => self.poll.registry().deregister(t),
-            Sock::Udp(u, _) => self.poll.registry().deregister(u),
+            Sock::Udp(u, out) => {
+                // Replies it could not send go with it.
+                self.budget.update(out.queued(), 0);
+                self.poll.registry().deregister(u)
+            }
         };
     }
 }

@@ -367,19 +367,24 @@ impl Server {
         match ev.token() {
             WAKER => {}
             SIGNALS => self.ready.signals = true,
-            Token(t) if (LISTENER_BASE..CONN_BASE).contains(&t) => {
+            Token(t) if (door::REFUSAL_BASE..CONN_BASE).contains(&t) => {
+                self.door.readable(t - door::REFUSAL_BASE)
+            }
+            Token(t) if (LISTENER_BASE..door::REFUSAL_BASE).contains(&t) => {
                 let key = t - LISTENER_BASE;
-                match self.listeners.get(key).filter(|l| !l.stopped).map(|l| &l.sock) {
-                    Some(Sock::Tcp(_)) => self.ready.accept.push(key),
-                    Some(Sock::Udp(..)) => {
+                let Some(l) = self.listeners.get(key) else { return };
+                match &l.sock {
+                    Sock::Tcp(_) if !l.stopped => self.ready.accept.push(key),
+                    Sock::Tcp(_) => {}
+                    Sock::Udp(..) => {
+                        // A stopped listener still sends the replies it owes.
                         if ev.is_writable() {
                             self.ready.udp_write.push(key);
                         }
-                        if ev.is_readable() {
+                        if ev.is_readable() && !l.stopped {
                             self.ready.udp.push(key);
                         }
                     }
-                    None => {}
                 }
             }
             Token(t) if t >= CONN_BASE => {
@@ -394,7 +399,6 @@ impl Server {
                     }
                 }
             }
-            Token(t) if t >= door::REFUSAL_BASE => self.door.readable(t - door::REFUSAL_BASE),
             _ => {}
         }
     }

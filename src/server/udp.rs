@@ -83,6 +83,11 @@ pub struct UdpOut {
 }
 
 impl UdpOut {
+    /// Bytes of the replies still queued (counted against the budget).
+    pub fn queued(&self) -> usize {
+        self.bytes.len() - self.head
+    }
+
     /// Queues one reply: its length, or None (and nothing queued) when the
     /// queue is full.
     fn push(&mut self, dest: Dest, reply: impl UdpReply) -> Option<usize> {
