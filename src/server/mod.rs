@@ -236,7 +236,11 @@ impl Server {
             poll,
             config_path,
             listeners: Slab::new(),
-            conns: Slab::new(),
+            // Room for every connection allowed, reserved once as nginx does
+            // its connection array: pages are only touched as slots are used,
+            // and growing by doubling would copy the table and leave the old
+            // copy resident.
+            conns: Slab::with_capacity(cfg.limits.max_connections.min(1 << 16)),
             next_conn_id: 1,
             per_ip: HashMap::new(),
             door: Door::default(),
