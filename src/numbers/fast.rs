@@ -59,9 +59,15 @@ pub(super) enum Isa {
 }
 
 impl Isa {
-    /// The best this CPU can run (std caches the CPU's answer, so this is a few loads).
+    /// The best this CPU can run, asked once: std caches each feature, but the nine
+    /// questions still cost ~35 instructions, twice per request.
     #[inline]
     pub(super) fn detect() -> Isa {
+        static BEST: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *BEST.get_or_init(Isa::probe)
+    }
+
+    fn probe() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
             if std::is_x86_feature_detected!("avx2")

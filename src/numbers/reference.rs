@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 
 use crate::numbers::fast::{Isa, count_values};
-use crate::numbers::parse::{parse_text_with, quote};
+use crate::numbers::parse::{parse_text_with, quote, short_ints};
 use crate::numbers::{ValueError, Values};
 
 enum Token<'a> {
@@ -225,6 +225,38 @@ fn reference_agrees_with_the_unit_cases() {
         "[]",
         " [ ] ",
     ] {
+        check(args);
+    }
+}
+
+/// The short-line path takes the common shapes itself and leaves every other one, valid or
+/// not, to the scanner (whose answers `agree` compares with the reference).
+#[test]
+fn short_lines_take_the_plain_path_or_leave_it() {
+    for (args, plain) in [
+        ("1 2 3 4 5 6 7 8 9 10", Some(vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10])),
+        ("", Some(vec![])),
+        (" \t ", Some(vec![])),
+        ("4, -5 ,6\t-0", Some(vec![4, -5, 6, 0])),
+        ("007 999999999999999999", Some(vec![7, 999_999_999_999_999_999])),
+        ("-999999999999999999", Some(vec![-999_999_999_999_999_999])),
+        ("1234567890123456789", None),
+        ("1-2", None),
+        ("-", None),
+        ("1 -", None),
+        ("- 1", None),
+        ("--1", None),
+        ("+1", None),
+        (",1", None),
+        ("1,", None),
+        ("1,,2", None),
+        ("1 , , 2", None),
+        ("1.5 2", None),
+        ("1e3", None),
+        ("[1 2]", None),
+        ("1 x", None),
+    ] {
+        assert_eq!(short_ints(args.as_bytes()), plain, "{args:?}");
         check(args);
     }
 }
