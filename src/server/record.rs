@@ -249,7 +249,7 @@ const NOT_PLAIN: [bool; 256] = {
 
 /// Writes the first `n` values of a request's text as the JSON strings of
 /// the log line's `values` array, copied from the text as they are: one
-/// pass over the bytes into a buffer on the stack, a value escaped only
+/// pass over the bytes into the buffer's spare room, a value escaped only
 /// when it is not plain printable ASCII (never a valid number).
 pub fn write_values(out: &mut Vec<u8>, text: &[u8], syntax: Syntax, n: usize) {
     const FAST: usize = 256;
@@ -258,16 +258,23 @@ pub fn write_values(out: &mut Vec<u8>, text: &[u8], syntax: Syntax, n: usize) {
     }
     if text.len() <= FAST && syntax == Syntax::Text {
         // Every byte becomes at most two (a one-byte value: quote, byte,
-        // quote and a comma, for a value and its separator).
-        let mut buf = [0u8; 2 * FAST + 2];
+        // quote and a comma, for a value and its separator). Written in
+        // place, neither zeroed first nor copied after: this runs for
+        // every request and the line is a few dozen bytes.
+        let most = 2 * text.len() + 2;
+        out.reserve(most);
+        let room = &mut out.spare_capacity_mut()[..most];
         let mut w = 0;
+        let mut put = |b: u8| {
+            room[w].write(b);
+            w += 1;
+        };
         let mut written = 0;
         let mut in_value = false;
         for &b in text {
             if SEPARATOR[usize::from(b)] {
                 if in_value {
-                    buf[w] = b'"';
-                    w += 1;
+                    put(b'"');
                     in_value = false;
                     if written == n {
                         break;
@@ -283,22 +290,22 @@ pub fn write_values(out: &mut Vec<u8>, text: &[u8], syntax: Syntax, n: usize) {
                     break;
                 }
                 if written > 0 {
-                    buf[w] = b',';
-                    w += 1;
+                    put(b',');
                 }
-                buf[w] = b'"';
-                w += 1;
+                put(b'"');
                 written += 1;
                 in_value = true;
             }
-            buf[w] = b;
-            w += 1;
+            put(b);
         }
         if in_value {
-            buf[w] = b'"';
-            w += 1;
+            put(b'"');
         }
-        out.extend_from_slice(&buf[..w]);
+        let len = out.len() + w;
+        // SAFETY: the first `w` slots of the spare capacity were written
+        // above (`put` writes each slot it counts), and `w <= most`, which
+        // `reserve` made room for.
+        unsafe { out.set_len(len) };
         return;
     }
     write_values_slowly(out, text, syntax, n);
