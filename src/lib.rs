@@ -21,6 +21,7 @@ pub mod reply;
 pub mod sched;
 pub mod server;
 pub mod signals;
+pub mod spare;
 pub mod systemd;
 pub mod tasks;
 pub mod tls;

@@ -85,7 +85,11 @@ pub struct Pool {
 
 fn run(work: Work) -> Outcome {
     match work {
-        Work::List { exec, payload } => Outcome::List(compute_list(exec, payload.values(), payload.syntax)),
+        Work::List { exec, payload } => {
+            let out = compute_list(exec, payload.values(), payload.syntax);
+            crate::spare::give_line(payload.bytes);
+            Outcome::List(out)
+        }
         Work::PiSlice { mut stream, samples } => {
             let hits = stream.run(samples);
             Outcome::PiSlice { stream, hits }

@@ -16,6 +16,7 @@ use crate::numbers::fast::{
     is_ws,
 };
 use crate::numbers::{ValueError, Values};
+use crate::spare;
 
 /// Counts values of a list argument the way the event loop does BEFORE parsing: the number of
 /// maximal runs of bytes that are not space, tab, ',', '[' or ']'.
@@ -231,7 +232,7 @@ struct Acc {
 impl Acc {
     fn new(capacity: usize) -> Self {
         Acc {
-            values: Values::Ints(Vec::with_capacity(capacity)),
+            values: Values::Ints(spare::ints(capacity)),
             range_error: None,
         }
     }
@@ -248,9 +249,11 @@ impl Acc {
         if !x.is_finite() && self.range_error.is_none() {
             self.range_error = Some(out_of_range(pos, text));
         }
-        if let Values::Ints(ints) = &self.values {
-            let mut floats = Vec::with_capacity(ints.capacity().max(ints.len() + 1));
+        if let Values::Ints(ints) = &mut self.values {
+            let ints = std::mem::take(ints);
+            let mut floats = spare::floats(ints.capacity().max(ints.len() + 1));
             floats.extend(ints.iter().map(|&v| v as f64));
+            spare::give_ints(ints);
             self.values = Values::Floats(floats);
         }
         if let Values::Floats(floats) = &mut self.values {

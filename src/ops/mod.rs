@@ -12,6 +12,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::numbers::{Num, ValueErrorKind, Values, parse_json_values, parse_text_list};
 use crate::protocol::{Code, Failure, Syntax};
+use crate::spare;
 
 /// Index of an operation in [`OPS`].
 pub type OpId = usize;
@@ -237,7 +238,14 @@ pub fn compute_list(exec: ListFn, text: &[u8], syntax: Syntax) -> Result<Output,
                 };
                 Err(Failure::new(code, e.message))
             }
-            Ok(values) => exec(&values).map_err(|m| Failure::new(Code::Range, m)),
+            Ok(values) => {
+                let out = exec(&values).map_err(|m| Failure::new(Code::Range, m));
+                match values {
+                    Values::Ints(v) => spare::give_ints(v),
+                    Values::Floats(v) => spare::give_floats(v),
+                }
+                out
+            }
         }
     };
     catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|_| {

@@ -17,6 +17,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::protocol::frame::{Frame, Framer};
+use crate::spare;
 
 /// Unsent output above which a connection is not read further.
 pub const MAX_PENDING_OUTPUT: usize = 1 << 20;
@@ -279,8 +280,9 @@ impl Session {
             f.input.clear();
             f.start = 0;
             if f.input.capacity() > BIG_BUFFER {
-                // A big request is over: its buffer goes.
-                f.input = Vec::new();
+                // A big request is over: its buffer goes (kept for the
+                // next big line if it is one of those).
+                spare::give_line(std::mem::take(&mut f.input));
             }
         } else if f.start > 0 && f.start >= f.input.capacity() / 2 {
             // Move the unframed tail to the front rather than grow.
@@ -293,6 +295,12 @@ impl Session {
             // Doubling keeps a big line's reads amortized (and a large
             // buffer is remapped, not copied, when it grows).
             let target = (2 * f.input.capacity()).min(limit).max(len + want);
+            if target >= spare::BIG
+                && let Some(mut kept) = spare::take_line(target)
+            {
+                kept.extend_from_slice(&f.input);
+                f.input = kept;
+            }
             f.input.reserve_exact(target - len);
         }
         let n = read(&mut f.input, want)?;

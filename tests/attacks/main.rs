@@ -87,6 +87,8 @@ pub const RUNTIME_SLACK: u64 = 8 * MIB;
 ///   + one request: the largest the configuration allows (a line of
 ///     max_line_bytes and 8 bytes per value of it, or a users table)
 ///   + per-connection constant × connections open during the attack
+///   + blocks kept for reuse after big lines: one line buffer and, per
+///     worker, a list of integers and one of doubles of such a line
 ///   + RUNTIME_SLACK
 /// ```
 ///
@@ -97,6 +99,7 @@ pub struct MemoryBound {
     pub one_request: u64,
     pub connections: u64,
     pub per_connection: u64,
+    pub kept: u64,
 }
 
 impl MemoryBound {
@@ -110,13 +113,19 @@ impl MemoryBound {
             one_request: 0,
             connections,
             per_connection,
+            kept: 0,
         }
     }
 
     /// The one request over the budget: a line of `max_line_bytes` with
-    /// up to one value per two bytes, parsed to 8 bytes each.
-    pub fn with_line(self, max_line_bytes: u64) -> Self {
-        self.with_request(max_line_bytes + 8 * (max_line_bytes / 2))
+    /// up to one value per two bytes, parsed to 8 bytes each; and the
+    /// blocks such lines leave kept for reuse on `workers` workers (one
+    /// line buffer, and per worker a list of each kind of value).
+    pub fn with_line(mut self, max_line_bytes: u64, workers: u64) -> Self {
+        let values = max_line_bytes / 2;
+        // The default max_values, which no test here changes.
+        self.kept = max_line_bytes + workers * 2 * 8 * values.min(1_000_000);
+        self.with_request(max_line_bytes + 8 * values)
     }
 
     /// The one request over the budget, of `bytes`.
@@ -130,6 +139,7 @@ impl MemoryBound {
             + self.max_buffered_bytes
             + self.one_request
             + self.connections * self.per_connection
+            + self.kept
             + RUNTIME_SLACK
     }
 
@@ -140,13 +150,14 @@ impl MemoryBound {
     /// The formula with its figures.
     pub fn describe(&self) -> String {
         format!(
-            "{} = fixed {} + max_buffered_bytes {} + one request {} + {} connections x {} + slack {}",
+            "{} = fixed {} + max_buffered_bytes {} + one request {} + {} connections x {} + kept {} + slack {}",
             mib(self.bytes()),
             mib(self.fixed),
             mib(self.max_buffered_bytes),
             mib(self.one_request),
             self.connections,
             kib(self.per_connection),
+            mib(self.kept),
             mib(RUNTIME_SLACK)
         )
     }
@@ -171,6 +182,12 @@ impl MemoryBound {
 
 /// `text`, cut to its first `n` characters (a reply of megabytes is no
 /// failure message), quoted.
+/// The workers of a daemon whose configuration leaves `workers` at 0:
+/// one per CPU.
+pub fn default_workers() -> u64 {
+    thread::available_parallelism().map_or(1, |n| n.get() as u64)
+}
+
 pub fn clip(text: &str, n: usize) -> String {
     match text.char_indices().nth(n) {
         Some((i, _)) => format!("{:?}... ({} bytes)", &text[..i], text.len()),

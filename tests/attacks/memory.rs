@@ -15,7 +15,9 @@ use rustls::pki_types::ServerName;
 
 use crate::common::tls::{Ca, client_config, launch_tls};
 use crate::common::{Launch, LineClient, proc, udp_socket};
-use crate::{MIB, MemoryBound, PER_CONNECTION, PER_TLS_CONNECTION, RssWatch, mib, settle, verdict};
+use crate::{
+    MIB, MemoryBound, PER_CONNECTION, PER_TLS_CONNECTION, RssWatch, default_workers, mib, settle, verdict,
+};
 
 /// The budget of every memory attack: small, so the bound is tight.
 const BUDGET: u64 = 4 * MIB;
@@ -66,7 +68,7 @@ fn queued_payloads(what: &str, line: fn(usize) -> Vec<u8>) {
     const CONNECTIONS: usize = 4;
     const LINES: usize = 32;
     let d = Launch::line(&format!("[server]\nworkers = 1\n\n{}", limits())).start();
-    let bound = MemoryBound::measure(&d, BUDGET, CONNECTIONS as u64 + 1, PER_CONNECTION).with_line(MIB);
+    let bound = MemoryBound::measure(&d, BUDGET, CONNECTIONS as u64 + 1, PER_CONNECTION).with_line(MIB, 1);
     // The worker, busy for seconds (or, time-sliced, busy most of the time).
     let mut busy = d.connect();
     busy.send("#busy pi 1000000000000 1");
@@ -168,7 +170,8 @@ fn small_window(addr: SocketAddr) -> TcpStream {
 fn two_hundred_tcp_clients_that_never_read() {
     let _one_at_a_time = crate::exclusive();
     let d = Launch::line(&limits()).start();
-    let bound = MemoryBound::measure(&d, BUDGET, GREEDY_CLIENTS as u64 + 1, PER_CONNECTION).with_line(MIB);
+    let bound = MemoryBound::measure(&d, BUDGET, GREEDY_CLIENTS as u64 + 1, PER_CONNECTION)
+        .with_line(MIB, default_workers());
     let watch = RssWatch::start(d.pid(), 2 * bound.kib(), Duration::from_secs(60));
     let requests = "info\n".repeat(GREEDY_REQUESTS);
     let mut held = Vec::new();
@@ -201,8 +204,8 @@ fn two_hundred_tls_clients_that_never_read() {
     let _one_at_a_time = crate::exclusive();
     let ca = Ca::new("test CA");
     let d = launch_tls("tls", &ca, None, &limits()).start();
-    let bound =
-        MemoryBound::measure(&d, BUDGET, GREEDY_CLIENTS as u64 + 1, PER_TLS_CONNECTION).with_line(MIB);
+    let bound = MemoryBound::measure(&d, BUDGET, GREEDY_CLIENTS as u64 + 1, PER_TLS_CONNECTION)
+        .with_line(MIB, default_workers());
     let watch = RssWatch::start(d.pid(), 2 * bound.kib(), Duration::from_secs(90));
     let config = client_config(&[ca.der()], None);
     let requests = "info\n".repeat(GREEDY_REQUESTS);
@@ -260,7 +263,7 @@ fn two_thousand_64_kb_json_datagrams() {
         )
     })
     .start();
-    let bound = MemoryBound::measure(&d, BUDGET, 2, PER_CONNECTION).with_line(MIB);
+    let bound = MemoryBound::measure(&d, BUDGET, 2, PER_CONNECTION).with_line(MIB, 1);
     let mut busy = d.connect();
     busy.send("#busy pi 1000000000000 1");
     thread::sleep(Duration::from_millis(200));

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use crate::common::{Launch, LineClient, Notifications, has, proc, wait_until};
 use crate::{
-    MIB, MemoryBound, PER_CONNECTION, PROBE_BOUND, Probe, RssWatch, io_failure, largest_gap, mib, verdict,
+    MIB, MemoryBound, PER_CONNECTION, PROBE_BOUND, Probe, RssWatch, default_workers, io_failure, largest_gap,
+    mib, verdict,
 };
 
 /// WATCHDOG_USEC given to taskd: 200 ms.
@@ -168,7 +169,7 @@ fn forty_clients_with_one_8_mib_sum_line_each() {
         "[server]\nworkers = 2\n\n[limits]\nmax_buffered_bytes = {BUDGET}\n\n[results_log]\npath = \"\"\n"
     ))
     .start();
-    let bound = MemoryBound::measure(&d, BUDGET, CLIENTS + 1, PER_CONNECTION).with_line(8 * MIB);
+    let bound = MemoryBound::measure(&d, BUDGET, CLIENTS + 1, PER_CONNECTION).with_line(8 * MIB, 2);
     let progress = Arc::new(AtomicU64::new(0));
     let give_up = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
@@ -379,7 +380,7 @@ fn one_8_mib_json_line_of_nested_arrays() {
         vec![nest; count].join(",")
     );
     assert!(line.len() < 8 << 20);
-    let bound = MemoryBound::measure(&d, BUDGET, 2, PER_CONNECTION).with_line(8 * MIB);
+    let bound = MemoryBound::measure(&d, BUDGET, 2, PER_CONNECTION).with_line(8 * MIB, default_workers());
     let probe = Probe::start(d.tcp, "ping", "OK pong", Duration::from_millis(20));
     thread::sleep(Duration::from_millis(100));
     let mut c = LineClient::try_connect(d.tcp, Duration::from_secs(60)).expect("connect");
