@@ -1,4 +1,5 @@
-//! Hostile clients against the real binary (SPEC sections 1, 3 and 4): the
+//! Hostile clients against the real binary (taskd(8): PROTOCOL, SCHEDULING AND
+//! RESOURCES, LIMITS AND SECURITY): the
 //! bad-input corpus over TCP and UDP, over-long lines, random garbage, slow
 //! and greedy clients, idle timeouts, connection limits, `allow` lists over
 //! IPv4 and IPv6, and running out of file descriptors. Whatever one client
@@ -261,7 +262,7 @@ fn garbage_line(rng: &mut Rng) -> Vec<u8> {
     l
 }
 
-/// Lines of only spaces and tabs get no reply (SPEC section 1).
+/// Lines of only spaces and tabs get no reply (taskd(8), PROTOCOL).
 fn is_blank(line: &[u8]) -> bool {
     line.iter().all(|&b| b == b' ' || b == b'\t')
 }
@@ -504,7 +505,7 @@ fn idle_connections_are_closed_after_idle_timeout() {
     // Served once, then silent: the reply, then EOF.
     let mut served = LineClient::connect(d.tcp);
     assert_eq!(served.ask("#s ping"), "#s OK pong");
-    // Trickling an unfinished line counts as idle too (SPEC section 4).
+    // Trickling an unfinished line counts as idle too (taskd.toml(5), idle_timeout_s).
     let mut trickler = LineClient::from_tcp(
         TcpStream::connect(d.tcp).expect("connect"),
         Duration::from_millis(100),
@@ -833,8 +834,8 @@ fn partial_lines_of_many_clients_are_held_to_max_buffered_bytes() {
     );
     // A client with nothing buffered is still served.
     assert_eq!(LineClient::connect(d.tcp).ask("#x max 1 2"), "#x OK 2");
-    // SPEC section 3: no connection is read further while all buffers
-    // together exceed max_buffered_bytes. Allowed: the limit twice over,
+    // taskd(8), SCHEDULING AND RESOURCES: over max_buffered_bytes only
+    // small reads and one connection's turn go on. Allowed: the limit twice over,
     // for the reads in flight when it is crossed (64 KiB per connection
     // would be 4 MiB here).
     assert!(

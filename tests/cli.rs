@@ -1,5 +1,5 @@
-//! The command line of SPEC section 7 and the configuration errors of
-//! section 4, through the real binary: exit codes 0, 1 and 2, and messages
+//! The command line of taskd(8) (OPTIONS, EXIT STATUS) and the configuration
+//! errors of taskd.toml(5), through the real binary: exit codes 0, 1 and 2, and messages
 //! that name what was wrong.
 
 mod common;

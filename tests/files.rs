@@ -1,4 +1,4 @@
-//! The files taskd writes, against the real binary (SPEC sections 4 and 6):
+//! The files taskd writes, against the real binary (taskd(8), FILES):
 //! results log rotation, a log that cannot be written, users.json across a
 //! restart, a corrupt users.json, and $STATE_DIRECTORY / $LOGS_DIRECTORY.
 

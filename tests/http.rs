@@ -1,4 +1,4 @@
-//! The HTTP API against the real binary (SPEC section 2): every endpoint,
+//! The HTTP API against the real binary (taskd(8), HTTP API): every endpoint,
 //! every error status and which of them close the connection, keep-alive,
 //! pipelining, a slow client beside a normal one, the SIGTERM drain,
 //! `/metrics` in the Prometheus text format, and arbitrary bytes.
@@ -97,7 +97,7 @@ fn ok_result(r: &HttpResponse, what: &str) -> Value {
     v["result"].clone()
 }
 
-/// An error response of SPEC 2: the status, `application/json`, and a
+/// An error response of taskd(8)'s HTTP API: the status, `application/json`, and a
 /// body of exactly `ok: false`, `error`, a non-empty `message` (and the
 /// request's `id`, when it had one).
 fn assert_error(r: &HttpResponse, status: u16, code: &str, what: &str) {
@@ -202,7 +202,7 @@ fn statistics_counts_named_users() {
         "parse",
         "bad value",
     );
-    // An empty list is counted, as every code but those SPEC 1 lists.
+    // An empty list is counted, as every code but those taskd(8)'s ERRORS lists.
     assert_error(&api.get("/v1/max?values=&username=Zed"), 400, "empty", "empty");
     for path in ["/healthz", "/metrics", "/statistics"] {
         assert_eq!(api.get(path).status, 200, "{path}");
@@ -316,7 +316,7 @@ fn seed_flask_clients_work() {
 
 // ---------------------------------------------------------------- errors
 
-/// Every error status of SPEC 2 a well-formed request can get, on a
+/// Every error status of taskd(8)'s HTTP API a well-formed request can get, on a
 /// listener with every op and one with `ops = ["max"]`.
 #[test]
 fn error_statuses_of_spec_2() {
@@ -447,7 +447,7 @@ fn errors_keep_the_connection_unless_spec_closes_it() {
     assert_eq!(ok_json(&c.response(), "healthz"), json!({"status": "ok"}));
 }
 
-/// SPEC 2: the connection is closed after a malformed request line, 411,
+/// taskd(8), HTTP API: the connection is closed after a malformed request line, 411,
 /// 413 and 431, and after both Content-Length and Transfer-Encoding.
 #[test]
 fn errors_that_close_the_connection() {
@@ -524,7 +524,7 @@ fn errors_that_close_the_connection() {
 }
 
 /// After the client's EOF in the middle of a request, nothing more can
-/// come: the daemon closes (SPEC 1: after a half-close, pending replies
+/// come: the daemon closes (taskd(8), PROTOCOL: after a half-close, pending replies
 /// are written and the connection closed).
 #[test]
 fn half_close_in_the_middle_of_a_request_closes() {

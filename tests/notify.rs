@@ -1,4 +1,4 @@
-//! systemd integration against the real binary (SPEC section 5): sd_notify
+//! systemd integration against the real binary (taskd(8), SYSTEMD): sd_notify
 //! messages on a NOTIFY_SOCKET of our own (READY, STATUS, WATCHDOG,
 //! RELOADING with MONOTONIC_USEC, STOPPING) and socket activation
 //! (LISTEN_FDS / LISTEN_PID), with and without systemd-socket-activate.

@@ -1,6 +1,6 @@
 //! Property tests of the line protocol's parser, through the library: no
-//! input makes it panic, and every request written by SPEC section 1's
-//! grammar parses to what it says (id, user, op, arguments, values).
+//! input makes it panic, and every request written by the
+//! grammar of taskd(8)'s PROTOCOL parses to what it says (id, user, op, arguments, values).
 
 #![allow(clippy::result_large_err)]
 

@@ -1,4 +1,4 @@
-//! Signals against the real binary (SPEC section 5): SIGTERM/SIGINT drain
+//! Signals against the real binary (taskd(8), SIGNALS): SIGTERM/SIGINT drain
 //! under load, the shutdown timeout, drain_delay_s, SIGHUP reloads (new,
 //! broken, removed listeners) and SIGUSR1 reopening the results log
 //! (section 6).

@@ -2,8 +2,8 @@
 //! overrides): 32 TCP clients pipelining windows of requests and 8 UDP
 //! clients sending windows of datagrams, at the same time, each with ids of
 //! its own and a mix of max, min, sum, mean, median, stats and pi, in text
-//! and JSON, with values whose answers the client computes itself (SPEC
-//! sections 1 and 3). Over TCP nothing may be lost or misrouted; over UDP
+//! and JSON, with values whose answers the client computes itself (taskd(8):
+//! PROTOCOL, SCHEDULING AND RESOURCES). Over TCP nothing may be lost or misrouted; over UDP
 //! nothing misrouted and little lost; the daemon's memory stays steady.
 
 mod common;
@@ -100,7 +100,7 @@ fn make_request(client: &str, user: &str, seq: u64, rng: &mut Rng) -> Request {
             texts.join(", ")
         )
     } else {
-        // The separators of SPEC section 1, in turn.
+        // The separators of taskd(8)'s PROTOCOL, in turn.
         let list = match rng.below(3) {
             0 => texts.join(" "),
             1 => texts.join(","),
@@ -206,7 +206,7 @@ struct Tally {
     misrouted: u64,
     /// UDP: answered after they had been given up as lost.
     late: u64,
-    /// UDP: `ERR busy`, which SPEC allows when the incoming queue is full.
+    /// UDP: `ERR busy`, which taskd(8) allows when the incoming queue is full.
     busy: u64,
     connections: u64,
     /// The first few problems, for the failure message.

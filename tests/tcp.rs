@@ -1,8 +1,8 @@
 //! The line protocol over TCP against the real binary: pipelining, many
 //! clients, disconnects, framing (half-close, unterminated lines, `\r\n`,
 //! blank lines, over-long lines), `quit`, limits, idle timeout,
-//! backpressure, `users`, `info`, `help` and access control (SPEC sections
-//! 1, 3 and 4).
+//! backpressure, `users`, `info`, `help` and access control (taskd(8):
+//! PROTOCOL, SCHEDULING AND RESOURCES, LIMITS AND SECURITY).
 
 mod common;
 
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{Daemon, Launch, LineClient, parse_users};
 
-/// Every error code of SPEC section 1, in its table's order.
+/// Every error code of taskd(8), ERRORS, in its table's order.
 const CODES: [&str; 11] = [
     "too-long",
     "shutting-down",
@@ -28,7 +28,7 @@ const CODES: [&str; 11] = [
     "internal",
 ];
 
-/// Every operation of SPEC section 1.
+/// Every operation of taskd(8), OPERATIONS.
 const OP_NAMES: [&str; 12] = [
     "ping", "max", "min", "sum", "mean", "median", "stats", "pi", "users", "info", "help", "quit",
 ];

@@ -1,7 +1,7 @@
 //! The line protocol over UDP against the real binary: one reply datagram
 //! per line in line order, the 64-line limit, TCP-only operations, the UDP
-//! pi limit, and replies reaching only the socket that asked (SPEC
-//! section 1).
+//! pi limit, and replies reaching only the socket that asked (taskd(8),
+//! PROTOCOL).
 
 mod common;
 

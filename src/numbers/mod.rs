@@ -1,6 +1,6 @@
 //! Numbers as the list operations see them.
 //!
-//! The contract (SPEC section 1, "Values" and "Numbers") makes integer requests exact: a
+//! The contract (taskd(8): PROTOCOL, "Values"; OPERATIONS, "Numbers") makes integer requests exact: a
 //! request whose values are all integers within i64 is computed in i128 and written exactly,
 //! anything else is computed in doubles and written the way ECMAScript writes numbers. This
 //! module owns that boundary: [`Values`] carries a request's values in whichever of the two

@@ -361,7 +361,7 @@ fn expected_values(args: &[u8], isa: Isa) -> usize {
 }
 
 /// Parses the argument text of a list op (everything after the op name, may be empty, may
-/// contain arbitrary bytes incl. non-UTF-8). See SPEC section 1, "Values": values separated by
+/// contain arbitrary bytes incl. non-UTF-8). See taskd(8), PROTOCOL, "Values": values separated by
 /// spaces/tabs and/or a single comma with optional spaces around it, optionally one pair of
 /// square brackets around the whole list. All integers within i64 give [`Values::Ints`],
 /// anything else [`Values::Floats`]; zero values give an empty `Values::Ints`.

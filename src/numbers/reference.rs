@@ -1,4 +1,4 @@
-//! The value grammar of SPEC section 1 written the obvious way (a token list, then std's
+//! The value grammar of taskd(8) (PROTOCOL, "Values") written the obvious way (a token list, then std's
 //! `str::parse`), as the oracle for the scanner: every instruction-set variant of the fast
 //! paths must give exactly its values and its errors, messages included, on any input.
 

@@ -1,6 +1,6 @@
 //! The list operations: max, min, sum, mean, median and stats.
 //!
-//! SPEC section 1 ("Numbers") asks for exact answers whenever the values are all integers
+//! taskd(8), OPERATIONS, "Numbers", asks for exact answers whenever the values are all integers
 //! (i128 arithmetic, a mean rounded once, a median that may end in `.5`) and for compensated
 //! summation otherwise, so each op has an integer path and a double path. Every function takes
 //! non-empty [`Values`] (the event loop answers `empty` before a task exists); `Err` carries the

@@ -1,4 +1,4 @@
-//! TLS and HTTPS listeners against the real binary (SPEC section 2a), by
+//! TLS and HTTPS listeners against the real binary (taskd(8), TLS), by
 //! subject: the line protocol inside TLS (`line`), the HTTP API inside TLS
 //! (`https`), mutual TLS and the user a client certificate stands for
 //! (`mutual`), failed handshakes (`handshake`), and certificates at start
