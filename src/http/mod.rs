@@ -8,6 +8,8 @@
 //! HTTP clients get the same precedence, codes and messages as everyone
 //! else.
 
+use std::borrow::Cow;
+
 mod parse;
 mod response;
 mod route;
@@ -24,17 +26,20 @@ pub const MAX_HEADERS: usize = 64;
 /// A request head (request line and header fields) larger than this: 431.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
-/// One parsed request.
+/// One parsed request, borrowed from the connection's input: the loop
+/// routes it before reading anything else, and a request costs no copies
+/// of its parts (only a query component with escapes is decoded into a
+/// string of its own).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpRequest {
-    pub method: String,
+pub struct HttpRequest<'a> {
+    pub method: &'a str,
     /// The path of the request target, as sent (not percent-decoded); an
     /// absolute-form target (`http://host/path`) is reduced to its path.
-    pub path: String,
+    pub path: &'a str,
     /// The query string's pairs in order, percent-decoded, `+` as space; a
     /// key without `=` has an empty value.
-    pub query: Vec<(String, String)>,
-    pub body: Vec<u8>,
+    pub query: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    pub body: Cow<'a, [u8]>,
     /// HTTP/1.1: true unless `Connection: close`; HTTP/1.0: only with
     /// `Connection: keep-alive`.
     pub keep_alive: bool,
@@ -69,11 +74,11 @@ impl HttpError {
 
 /// What [`parse_request`] found at the start of the buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Parsed {
+pub enum Parsed<'a> {
     /// Read more.
     Incomplete,
     /// A whole request; drop `consumed` bytes from the buffer.
-    Request { req: HttpRequest, consumed: usize },
+    Request { req: HttpRequest<'a>, consumed: usize },
     /// Answer it and close the connection (every parse error has `close`):
     /// the rest of the buffer cannot be trusted.
     Error(HttpError),

@@ -1,12 +1,14 @@
 //! Request parsing with httparse: head limits, `Content-Length` bodies only.
 
+use std::borrow::Cow;
+
 use super::{HttpError, HttpRequest, MAX_HEADER_BYTES, MAX_HEADERS, Parsed};
 
-fn headers_too_large(message: String) -> Parsed {
+fn headers_too_large(message: String) -> Parsed<'static> {
     Parsed::Error(HttpError::new(431, "headers-too-large", message, true))
 }
 
-fn bad_request(message: String) -> Parsed {
+fn bad_request(message: String) -> Parsed<'static> {
     Parsed::Error(HttpError::new(400, "parse", message, true))
 }
 
@@ -64,7 +66,8 @@ fn fields(headers: &[httparse::Header]) -> Result<Fields, String> {
 }
 
 /// Splits a request target into (path, query), reducing the absolute form
-/// `http://host/path?q` to its path and dropping a fragment.
+/// `http://host/path?q` to its path and dropping a fragment after the
+/// path; one after the query is [`parse_query`]'s end.
 fn split_target(target: &str) -> (&str, &str) {
     let mut t = target;
     for scheme in ["http://", "https://"] {
@@ -75,8 +78,14 @@ fn split_target(target: &str) -> (&str, &str) {
             break;
         }
     }
-    let t = t.split_once('#').map_or(t, |(a, _)| a);
-    let (path, query) = t.split_once('?').unwrap_or((t, ""));
+    // A plain scan, as in parse_query: targets are a few dozen bytes,
+    // where the searcher behind `split_once` costs more than the bytes.
+    // '?' and '#' are ASCII, so the slices are whole characters.
+    let (path, query) = match t.bytes().position(|b| b == b'?' || b == b'#') {
+        Some(at) if t.as_bytes()[at] == b'?' => (&t[..at], &t[at + 1..]),
+        Some(at) => (&t[..at], ""),
+        None => (t, ""),
+    };
     (if path.is_empty() { "/" } else { path }, query)
 }
 
@@ -91,10 +100,10 @@ fn hex(b: u8) -> Option<u8> {
 
 /// Percent-decodes a query component, `+` as space. A `%` not followed by
 /// two hex digits is kept as is; bytes that are not UTF-8 become U+FFFD.
-pub(crate) fn decode_component(s: &str) -> String {
+pub(crate) fn decode_component(s: &str) -> Cow<'_, str> {
     // Most components (numbers, names) have nothing to decode.
     if !s.bytes().any(|b| b == b'%' || b == b'+') {
-        return s.to_owned();
+        return Cow::Borrowed(s);
     }
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -113,20 +122,44 @@ pub(crate) fn decode_component(s: &str) -> String {
         }
         i += 1;
     }
-    match String::from_utf8(out) {
+    Cow::Owned(match String::from_utf8(out) {
         Ok(s) => s,
         Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
-    }
+    })
 }
 
-pub(crate) fn parse_query(q: &str) -> Vec<(String, String)> {
-    q.split('&')
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| match kv.split_once('=') {
-            Some((k, v)) => (decode_component(k), decode_component(v)),
-            None => (decode_component(kv), String::new()),
-        })
-        .collect()
+/// The pairs of a query string, up to a fragment (`#`), in one pass over
+/// its bytes: the separators found and whether a pair needs decoding at
+/// all. A pair without escapes is borrowed as it is.
+pub(crate) fn parse_query(q: &str) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
+    let mut pairs = Vec::new();
+    let (mut start, mut eq, mut escaped) = (0, None, false);
+    for (i, c) in q.bytes().chain([b'&']).enumerate() {
+        match c {
+            b'&' | b'#' => {
+                // The separators are ASCII: the slices are whole characters.
+                if i > start {
+                    let (k, v) = match eq {
+                        Some(e) => (&q[start..e], &q[e + 1..i]),
+                        None => (&q[start..i], ""),
+                    };
+                    pairs.push(if escaped {
+                        (decode_component(k), decode_component(v))
+                    } else {
+                        (Cow::Borrowed(k), Cow::Borrowed(v))
+                    });
+                }
+                if c == b'#' || i == q.len() {
+                    break;
+                }
+                (start, eq, escaped) = (i + 1, None, false);
+            }
+            b'=' if eq.is_none() => eq = Some(i),
+            b'%' | b'+' => escaped = true,
+            _ => {}
+        }
+    }
+    pairs
 }
 
 /// Parses the first request in `buf`.
@@ -138,7 +171,7 @@ pub(crate) fn parse_query(q: &str) -> Vec<(String, String)> {
 /// from the header before the body arrives. A malformed request line or
 /// header field, or an invalid `Content-Length`, is 400 `parse`. Every
 /// error closes the connection.
-pub fn parse_request(buf: &[u8], max_body: usize) -> Parsed {
+pub fn parse_request(buf: &[u8], max_body: usize) -> Parsed<'_> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -189,10 +222,10 @@ pub fn parse_request(buf: &[u8], max_body: usize) -> Parsed {
     let (path, query) = split_target(req.path.unwrap_or("/"));
     Parsed::Request {
         req: HttpRequest {
-            method: req.method.unwrap_or("").to_owned(),
-            path: path.to_owned(),
+            method: req.method.unwrap_or(""),
+            path,
             query: parse_query(query),
-            body: buf[head_len..consumed].to_vec(),
+            body: Cow::Borrowed(&buf[head_len..consumed]),
             keep_alive,
         },
         consumed,
@@ -229,11 +262,39 @@ mod tests {
 
     const MAX: usize = 1024;
 
-    fn request(buf: &[u8]) -> (HttpRequest, usize) {
+    fn request(buf: &[u8]) -> (HttpRequest<'_>, usize) {
         match parse_request(buf, MAX) {
             Parsed::Request { req, consumed } => (req, consumed),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// The query's pairs the obvious way, as the one-pass scan must give them.
+    fn reference_query(q: &str) -> Vec<(String, String)> {
+        let q = q.split_once('#').map_or(q, |(a, _)| a);
+        q.split('&')
+            .filter(|kv| !kv.is_empty())
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                (decode_component(k).into_owned(), decode_component(v).into_owned())
+            })
+            .collect()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn query_pairs_match_the_reference(q in "[a-c=&%+#0-9A-F\u{e9}]{0,40}") {
+            let got: Vec<(String, String)> =
+                parse_query(&q).into_iter().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+            proptest::prop_assert_eq!(got, reference_query(&q));
+        }
+    }
+
+    fn pairs(req: &HttpRequest) -> Vec<(String, String)> {
+        req.query
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn error(buf: &[u8]) -> HttpError {
@@ -251,7 +312,7 @@ mod tests {
         assert_eq!(req.method, "GET");
         assert_eq!(req.path, "/v1/max");
         assert_eq!(
-            req.query,
+            pairs(&req),
             [
                 ("values".to_string(), "1,2,3".to_string()),
                 ("username".into(), "a b".into()),
@@ -268,10 +329,7 @@ mod tests {
         let two = b"GET /healthz HTTP/1.1\r\n\r\n".as_slice();
         let buf = [one, two].concat();
         let (req, consumed) = request(&buf);
-        assert_eq!(
-            (req.path.as_str(), req.body.as_slice()),
-            ("/v1/sum", b"hello".as_slice())
-        );
+        assert_eq!((req.path, req.body.as_ref()), ("/v1/sum", b"hello".as_slice()));
         assert_eq!(consumed, one.len());
         let (req, consumed) = request(&buf[consumed..]);
         assert_eq!(req.path, "/healthz");
@@ -287,7 +345,7 @@ mod tests {
         }
         let (req, consumed) = request(buf);
         assert_eq!(consumed, buf.len());
-        assert_eq!(req.body, b"{\"values\":1");
+        assert_eq!(req.body.as_ref(), b"{\"values\":1");
     }
 
     #[test]
@@ -304,7 +362,7 @@ mod tests {
         }
         buf.extend_from_slice(b"GET");
         let (req, consumed) = request(&buf);
-        assert_eq!(req.body, body);
+        assert_eq!(req.body.as_ref(), body);
         assert_eq!(consumed, head.len() + body.len());
     }
 
@@ -371,7 +429,7 @@ mod tests {
         }
         // The same length twice is allowed (RFC 9110 8.6).
         let (req, _) = request(b"POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nab");
-        assert_eq!(req.body, b"ab");
+        assert_eq!(req.body.as_ref(), b"ab");
     }
 
     #[test]
@@ -389,19 +447,26 @@ mod tests {
     fn targets_and_queries() {
         let (req, _) = request(b"GET http://example.com:80/pi?simulations=5#frag HTTP/1.1\r\n\r\n");
         assert_eq!(req.path, "/pi");
-        assert_eq!(req.query, [("simulations".to_string(), "5".to_string())]);
+        assert_eq!(pairs(&req), [("simulations".to_string(), "5".to_string())]);
         let (req, _) = request(b"GET http://example.com?a=1 HTTP/1.1\r\n\r\n");
         assert_eq!(req.path, "/");
         assert_eq!(
             parse_query("a=%zz&&b=%4&c=%41%42&%3d=%e2%82%ac&d=%ff"),
             [
-                ("a".to_string(), "%zz".to_string()),
+                (Cow::from("a"), Cow::from("%zz")),
                 ("b".into(), "%4".into()),
                 ("c".into(), "AB".into()),
                 ("=".into(), "€".into()),
                 ("d".into(), "\u{fffd}".into()),
             ]
         );
+        let (req, _) = request(b"GET /v1/max?values=1,2&id=a#frag&x=1 HTTP/1.1\r\n\r\n");
+        assert_eq!(
+            pairs(&req),
+            [("values".into(), "1,2".into()), ("id".into(), "a".into())]
+        );
+        let (req, _) = request(b"GET /v1/max#x?values=1 HTTP/1.1\r\n\r\n");
+        assert_eq!((req.path, req.query.len()), ("/v1/max", 0));
         assert_eq!(decode_component("%"), "%");
         assert_eq!(decode_component("a%2"), "a%2");
         assert_eq!(decode_component("%20"), " ");

@@ -5,6 +5,8 @@
 //! `denied`, `too-many`, `empty`, `range`. A POST body goes to the JSON
 //! request parser with the path's op.
 
+use std::borrow::Cow;
+
 use super::{Action, HttpError, HttpRequest};
 use crate::numbers::count_text_values;
 use crate::ops::{ArgKind, Exec, LoopOp, OPS, OpId, lookup};
@@ -30,7 +32,7 @@ const GET_POST: &str = "GET, HEAD, POST";
 /// `not-found`; a known path with another method is 405 `method` with
 /// `Allow`. `close`: the response ends the connection.
 pub fn route(req: &mut HttpRequest, ctx: &ParseCtx, close: bool) -> Action {
-    let path = req.path.as_str();
+    let path = req.path;
     let get = req.method == "GET" || req.method == "HEAD";
     let fixed = match path {
         "/pi" => Some(None),
@@ -46,7 +48,7 @@ pub fn route(req: &mut HttpRequest, ctx: &ParseCtx, close: bool) -> Action {
         return action.unwrap_or_else(|| seed_pi(req, ctx, close));
     }
     let seg = match path.strip_prefix("/v1/") {
-        Some(seg) if !seg.is_empty() && !seg.contains('/') => seg.to_owned(),
+        Some(seg) if !seg.is_empty() && !seg.bytes().any(|b| b == b'/') => seg,
         _ => {
             return Action::Error(HttpError::new(
                 404,
@@ -61,12 +63,12 @@ pub fn route(req: &mut HttpRequest, ctx: &ParseCtx, close: bool) -> Action {
         close,
         head: req.method == "HEAD",
     };
-    let routed = match req.method.as_str() {
-        "GET" | "HEAD" => v1_get(&seg, req, ctx, format),
-        "POST" => v1_post(&seg, req, ctx, format),
+    let routed = match req.method {
+        "GET" | "HEAD" => v1_get(seg, req, ctx, format),
+        "POST" => v1_post(seg, req, ctx, format),
         _ => return method_not_allowed(req, GET_POST),
     };
-    finish(routed, &seg, ("samples", "chunks"))
+    finish(routed, seg, ("samples", "chunks"))
 }
 
 fn method_not_allowed(req: &HttpRequest, allow: &'static str) -> Action {
@@ -135,14 +137,14 @@ fn finish(r: Routed, seg: &str, pi_names: PiNames) -> Action {
 }
 
 /// The first value of a query parameter.
-fn param<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    q.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+fn param<'a>(q: &'a [(Cow<str>, Cow<str>)], key: &str) -> Option<&'a str> {
+    q.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_ref())
 }
 
 /// Unknown and repeated query parameters are `parse`, as unknown JSON keys are.
-fn check_keys(q: &[(String, String)], allowed: &[&str]) -> Result<(), Failure> {
+fn check_keys(q: &[(Cow<str>, Cow<str>)], allowed: &[&str]) -> Result<(), Failure> {
     for (i, (k, _)) in q.iter().enumerate() {
-        if !allowed.contains(&k.as_str()) {
+        if !allowed.contains(&k.as_ref()) {
             let m = format!(
                 "unknown query parameter \"{}\"; allowed: {}",
                 sanitize(k.as_bytes(), 32),
@@ -158,7 +160,7 @@ fn check_keys(q: &[(String, String)], allowed: &[&str]) -> Result<(), Failure> {
     Ok(())
 }
 
-fn check_user(q: &[(String, String)]) -> Result<Option<Name>, Failure> {
+fn check_user(q: &[(Cow<str>, Cow<str>)]) -> Result<Option<Name>, Failure> {
     match param(q, "username") {
         None => Ok(None),
         Some(u) => Name::user(u.as_bytes())
@@ -314,7 +316,7 @@ fn v1_post(seg: &str, req: &mut HttpRequest, ctx: &ParseCtx, format: Format) -> 
         let m = "POST /v1/{op} takes its arguments in the JSON body, not in the query string";
         return Err(Rejection::bare(format, Failure::new(Code::Parse, m)));
     }
-    let mut body = std::mem::take(&mut req.body);
+    let mut body = std::mem::take(&mut req.body).into_owned();
     if body.iter().all(u8::is_ascii_whitespace) {
         body = b"{}".to_vec();
     }
@@ -346,13 +348,13 @@ mod tests {
         (String::from_utf8_lossy(&bytes[span.clone()]).into_owned(), *count)
     }
 
-    fn http(method: &str, target: &str, body: &str) -> HttpRequest {
+    fn http<'a>(method: &'a str, target: &'a str, body: &'a str) -> HttpRequest<'a> {
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
         HttpRequest {
-            method: method.into(),
-            path: path.into(),
+            method,
+            path,
             query: super::super::parse::parse_query(query),
-            body: body.as_bytes().to_vec(),
+            body: body.as_bytes().into(),
             keep_alive: true,
         }
     }
@@ -669,10 +671,10 @@ mod tests {
         ) {
             let path = if seed { "/pi".to_string() } else { format!("/v1/{seg}") };
             let mut req = HttpRequest {
-                method,
-                path,
-                query,
-                body: body.into_bytes(),
+                method: &method,
+                path: &path,
+                query: query.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+                body: body.into_bytes().into(),
                 keep_alive: true,
             };
             let all = vec![true; OPS.len()];

@@ -623,12 +623,27 @@ impl Server {
     /// Parses and handles one HTTP request.
     fn take_http(&mut self, key: usize, now: Instant) -> Take {
         let max = self.cfg.limits.max_line_bytes;
+        let Some(c) = self.conns.get(key) else {
+            return Take::Empty;
+        };
+        // The request borrows the input: it is routed to an owned Action
+        // before the connection is touched again.
+        let routed = match http::parse_request(c.session.unframed_input(), max) {
+            Parsed::Request { mut req, consumed } => {
+                let settings = Rc::clone(&c.settings);
+                let close = !req.keep_alive || self.refusing(now);
+                let head = req.method == "HEAD";
+                let action = http::route(&mut req, &self.parse_ctx(&settings), close);
+                Ok((action, consumed, close, head))
+            }
+            Parsed::Incomplete => Err(None),
+            Parsed::Error(e) => Err(Some(e)),
+        };
         let Some(c) = self.conns.get_mut(key) else {
             return Take::Empty;
         };
-        let parsed = http::parse_request(c.session.unframed_input(), max);
-        match parsed {
-            Parsed::Incomplete => {
+        match routed {
+            Err(None) => {
                 if c.session.eof() {
                     // A request cut short by EOF gets no answer.
                     c.session.discard_input();
@@ -645,7 +660,7 @@ impl Server {
                 }
                 Take::Empty
             }
-            Parsed::Error(e) => {
+            Err(Some(e)) => {
                 c.session.discard_input();
                 c.session
                     .reply_now(&mut self.buffers, |out| http::write_error(out, &e, &[]));
@@ -654,11 +669,7 @@ impl Server {
                 self.books.metrics.record_http_error(proto, e.code);
                 Take::Empty
             }
-            Parsed::Request { mut req, consumed } => {
-                let settings = Rc::clone(&c.settings);
-                let close = !req.keep_alive || self.refusing(now);
-                let head = req.method == "HEAD";
-                let action = http::route(&mut req, &self.parse_ctx(&settings), close);
+            Ok((action, consumed, close, head)) => {
                 let need = match &action {
                     Action::Request { req, bytes } => self.task_bytes(req, bytes.len()),
                     Action::Statistics => self.books.users.rendered_size(),
