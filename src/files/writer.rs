@@ -113,8 +113,9 @@ impl LogFile {
         }
     }
 
-    /// Takes a batch of complete lines (each ending in '\n').
-    fn add(&mut self, batch: &[u8]) {
+    /// Takes a batch of complete lines (each ending in '\n'); `batch` may
+    /// come back as another buffer (empty or not, for the caller to clear).
+    fn add(&mut self, batch: &mut Vec<u8>) {
         if self.settings.path.is_none() {
             return;
         }
@@ -135,9 +136,15 @@ impl LogFile {
                 }
             }
             _ => {
-                self.pending.extend_from_slice(batch);
                 if let Some(size) = &mut self.size {
                     *size += batch.len() as u64;
+                }
+                if self.pending.is_empty() {
+                    // The batch becomes the pending lines (the loop sends
+                    // 64 KiB at a time, one write's worth): no copy.
+                    std::mem::swap(&mut self.pending, batch);
+                } else {
+                    self.pending.extend_from_slice(batch);
                 }
             }
         }
@@ -303,7 +310,7 @@ impl Writer {
                 if !batch.ends_with(b"\n") {
                     batch.push(b'\n');
                 }
-                self.log.add(&batch);
+                self.log.add(&mut batch);
                 batch.clear();
                 if batch.capacity() <= SPARE_MAX {
                     // The handle may already be gone at shutdown; the buffer is then just freed.
