@@ -87,6 +87,17 @@ pub fn write_u64(out: &mut Vec<u8>, mut n: u64) {
         4041424344454647484950515253545556575859\
         6061626364656667686970717273747576777879\
         8081828384858687888990919293949596979899";
+    // Most numbers of a log line and a reply are short: written without
+    // the buffer and its variable-length copy (a call to memcpy).
+    if n < 10 {
+        out.push(b'0' + n as u8);
+        return;
+    }
+    if n < 100 {
+        let pair = n as usize * 2;
+        out.extend_from_slice(&[PAIRS[pair], PAIRS[pair + 1]]);
+        return;
+    }
     // u64::MAX has 20 decimal digits.
     let mut buf = [0u8; 20];
     let mut i = buf.len();
