@@ -134,7 +134,10 @@ pub(crate) fn decode_component(s: &str) -> Cow<'_, str> {
 pub(crate) fn parse_query(q: &str) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
     let mut pairs = Vec::new();
     let (mut start, mut eq, mut escaped) = (0, None, false);
-    for (i, c) in q.bytes().chain([b'&']).enumerate() {
+    let b = q.as_bytes();
+    for i in 0..=b.len() {
+        // The end of the string reads as one more '&'.
+        let c = b.get(i).copied().unwrap_or(b'&');
         match c {
             b'&' | b'#' => {
                 // The separators are ASCII: the slices are whole characters.
