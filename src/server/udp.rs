@@ -27,6 +27,7 @@ use super::dispatch::{Origin, Place, ValuesArg};
 use super::udp_io::{self, Dest, RecvBatch, SEND_BATCH, SendBatch};
 use super::{LISTENER_BASE, Listener, Server, Sock, canonical};
 use crate::config::Proto;
+use crate::numbers::write_u64;
 use crate::protocol::{self, Args, Failure, Format, Rejection};
 
 /// Non-blank lines served per datagram; more are dropped and counted.
@@ -506,37 +507,17 @@ fn peer_text(addr: SocketAddr) -> Rc<str> {
     let SocketAddr::V4(a) = addr else {
         return addr.to_string().into();
     };
-    let mut buf = [0u8; 21];
-    let mut n = 0;
+    let mut buf = Vec::with_capacity(21);
     for (i, octet) in a.ip().octets().into_iter().enumerate() {
         if i > 0 {
-            buf[n] = b'.';
-            n += 1;
+            buf.push(b'.');
         }
-        n += decimal(&mut buf[n..], octet.into());
+        write_u64(&mut buf, octet.into());
     }
-    buf[n] = b':';
-    n += 1;
-    n += decimal(&mut buf[n..], a.port());
+    buf.push(b':');
+    write_u64(&mut buf, a.port().into());
     // Digits, dots and a colon.
-    std::str::from_utf8(&buf[..n]).map_or_else(|_| addr.to_string().into(), Rc::from)
-}
-
-/// Writes `v` in decimal at the start of `out`: the digits written.
-fn decimal(out: &mut [u8], mut v: u16) -> usize {
-    let mut digits = [0u8; 5];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    let len = digits.len() - i;
-    out[..len].copy_from_slice(&digits[i..]);
-    len
+    std::str::from_utf8(&buf).map_or_else(|_| addr.to_string().into(), Rc::from)
 }
 
 #[cfg(test)]
