@@ -13,7 +13,7 @@
 //! out of descriptors, for at most [`EMFILE_PAUSE`], and opens again as
 //! soon as one is freed.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Poll, Token};
 use slab::Slab;
 
+use super::stream::{Discarded, discard_input};
 use super::{LISTENER_BASE, Server, Sock, canonical};
 use crate::config::Proto;
 use crate::http;
@@ -74,6 +75,11 @@ impl Door {
         }
     }
 
+    /// Refusals with input left to read: the next turn must not wait.
+    pub fn has_readable(&self) -> bool {
+        !self.readable.is_empty()
+    }
+
     pub fn readable(&mut self, index: usize) {
         self.readable.push(index);
     }
@@ -105,17 +111,11 @@ impl Door {
             let Some(r) = self.refusals.get_mut(index) else {
                 continue;
             };
-            let done = loop {
-                match r.sock.read(scratch) {
-                    Ok(0) => break true,
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => break true,
-                }
-            };
-            if done {
-                self.close_refusal(index, poll);
+            match discard_input(&mut r.sock, scratch) {
+                Discarded::Closed => self.close_refusal(index, poll),
+                Discarded::Empty => {}
+                // Edge-triggered: no new event comes for what is left.
+                Discarded::More => self.readable.push(index),
             }
         }
     }

@@ -342,7 +342,7 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         systemd::ready(&self.status_line());
         loop {
-            let timeout = if self.ready.is_urgent() {
+            let timeout = if self.ready.is_urgent() || self.door.has_readable() {
                 Duration::ZERO
             } else {
                 self.life

@@ -219,19 +219,37 @@ impl Conn {
 
     /// Discards input of a lingering connection; true at EOF or error.
     fn drain_input(&mut self, scratch: &mut [u8]) -> bool {
-        for _ in 0..64 {
-            // Raw bytes: whatever a lingering client still sends is dropped
-            // unread, TLS or not.
-            match self.sock.read(scratch) {
-                Ok(0) => return true,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return true,
-            }
-        }
-        false
+        // Raw bytes: whatever a lingering client still sends is dropped
+        // unread, TLS or not.
+        discard_input(&mut self.sock, scratch) == Discarded::Closed
     }
+}
+
+/// What [`discard_input`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Discarded {
+    /// EOF or an error: the socket can be closed.
+    Closed,
+    /// Nothing more to read for now.
+    Empty,
+    /// The reads of one turn were spent: more may be waiting.
+    More,
+}
+
+/// Reads and drops what a client still sends (a lingering connection, a
+/// refusal), at most 64 reads a turn, so a client that keeps sending
+/// cannot hold the loop.
+pub(super) fn discard_input(sock: &mut TcpStream, scratch: &mut [u8]) -> Discarded {
+    for _ in 0..64 {
+        match sock.read(scratch) {
+            Ok(0) => return Discarded::Closed,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Discarded::Empty,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Discarded::Closed,
+        }
+    }
+    Discarded::More
 }
 
 /// Appends at most `want` bytes of plaintext to `buf` (whose spare
