@@ -9,6 +9,7 @@
 //! request of 8 MB of JSON costs the loop one quick scan, never a tree of
 //! values.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use super::head::{
@@ -245,16 +246,19 @@ impl<'a> Scan<'a> {
     }
 }
 
-/// The text of a JSON string (its span includes the quotes).
-fn decode_string(b: &[u8], span: &Range<usize>) -> Result<String, Failure> {
+/// The text of a JSON string (its span includes the quotes): borrowed from
+/// the line unless it has escapes.
+fn decode_string<'a>(b: &'a [u8], span: &Range<usize>) -> Result<Cow<'a, str>, Failure> {
     let inner = &b[span.start + 1..span.end - 1];
     if !inner.contains(&b'\\')
         && inner.iter().all(|&c| c >= 0x20)
         && let Ok(s) = std::str::from_utf8(inner)
     {
-        return Ok(s.to_owned());
+        return Ok(Cow::Borrowed(s));
     }
-    serde_json::from_slice(&b[span.clone()]).map_err(|_| syntax("invalid string", span.start))
+    serde_json::from_slice::<String>(&b[span.clone()])
+        .map(Cow::Owned)
+        .map_err(|_| syntax("invalid string", span.start))
 }
 
 fn decode_number(b: &[u8], span: &Range<usize>) -> Result<serde_json::Number, Failure> {
