@@ -17,7 +17,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
 /// What a non-regular file is, for the message.
-fn kind(ft: std::fs::FileType) -> &'static str {
+pub(super) fn kind(ft: std::fs::FileType) -> &'static str {
     if ft.is_symlink() {
         "a symbolic link"
     } else if ft.is_fifo() {

@@ -8,31 +8,23 @@
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::open;
+use crate::protocol::reply::write_users_json;
 
-/// The users.json format (same as the `users` op):
+/// The users.json format, written by the `users` op's own writer:
 /// `[{"request_count":3,"username":"alice"},...]` sorted by the names' bytes.
 pub fn users_json<S: AsRef<str>>(users: &[(S, u64)]) -> Vec<u8> {
     let mut sorted: Vec<&(S, u64)> = users.iter().collect();
     sorted.sort_unstable_by(|a, b| a.0.as_ref().as_bytes().cmp(b.0.as_ref().as_bytes()));
     let mut out = Vec::with_capacity(2 + users.len() * 48);
-    out.push(b'[');
-    for (i, (name, count)) in sorted.into_iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(b"{\"request_count\":");
-        out.extend_from_slice(count.to_string().as_bytes());
-        out.extend_from_slice(b",\"username\":");
-        // Writing a &str to a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut out, name.as_ref());
-        out.push(b'}');
-    }
-    out.push(b']');
+    write_users_json(
+        &mut out,
+        sorted.into_iter().map(|(name, count)| (name.as_ref(), *count)),
+    );
     out
 }
 
@@ -129,13 +121,7 @@ fn write_tmp<S: AsRef<str>>(tmp: &Path, users: &[(S, u64)]) -> io::Result<()> {
     if let Ok(meta) = fs::symlink_metadata(tmp)
         && !meta.file_type().is_file()
     {
-        let what = if meta.file_type().is_symlink() {
-            "a symbolic link"
-        } else if meta.file_type().is_fifo() {
-            "a FIFO"
-        } else {
-            "not a regular file"
-        };
+        let what = open::kind(meta.file_type());
         log::warn!("{} was {what}; removed, not followed", tmp.display());
     }
     match fs::remove_file(tmp) {
@@ -155,10 +141,7 @@ fn write_tmp<S: AsRef<str>>(tmp: &Path, users: &[(S, u64)]) -> io::Result<()> {
 
 /// Replaces `path` atomically with the snapshot; creates the folder if missing.
 pub(super) fn save_users<S: AsRef<str>>(path: &Path, users: &[(S, u64)]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
+    let dir = super::parent(path);
     fs::create_dir_all(dir).map_err(|e| with_path(e, "cannot create", dir))?;
     let tmp = with_suffix(path, ".tmp");
     // rename replaces the name `path` itself: a link or FIFO put there is
