@@ -46,8 +46,10 @@ const DRAIN_IDLE: Duration = Duration::from_secs(1);
 /// The rarely used parts of a connection, boxed so an idle plain
 /// connection stays small.
 struct Extra {
-    /// `tls` and `https` listeners: the TLS session.
-    tls: Option<rustls::ServerConnection>,
+    /// `tls` and `https` listeners: the TLS session, boxed so that a plain
+    /// connection's `Extra` (its peer text, once it has sent a request)
+    /// does not carry the session's room.
+    tls: Option<Box<rustls::ServerConnection>>,
     /// Mutual TLS: the user the client certificate names, once the
     /// handshake is done.
     cert_user: Option<Name>,
@@ -109,7 +111,7 @@ impl Conn {
     }
 
     fn tls(&self) -> Option<&rustls::ServerConnection> {
-        self.extra.as_ref().and_then(|e| e.tls.as_ref())
+        self.extra.as_ref().and_then(|e| e.tls.as_deref())
     }
 
     fn handshaking(&self) -> bool {
@@ -398,7 +400,7 @@ impl Server {
                     // Bounds what rustls holds for a slow reader, like the
                     // 1 MiB output cap of a plain connection.
                     tls.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
-                    conn.extra().tls = Some(tls);
+                    conn.extra().tls = Some(Box::new(tls));
                 }
                 Err(e) => {
                     log::warn!("cannot start a TLS session for {peer}: {e}");
