@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::HttpError;
 use crate::numbers::Num;
-use crate::protocol::reply::{json_str, write_id};
+use crate::protocol::reply::write_json_err;
 use crate::protocol::{Code, Failure, Id};
 
 pub const JSON_CONTENT_TYPE: &str = "application/json";
@@ -141,17 +141,7 @@ pub fn write_failure(out: &mut Vec<u8>, f: &Failure, id: Option<&Id>, close: boo
 /// the same bytes as the line protocol's JSON error reply.
 pub fn error_body(code: &str, message: &str, id: Option<&Id>) -> Vec<u8> {
     let mut out = Vec::with_capacity(48 + message.len());
-    out.push(b'{');
-    if let Some(id) = id {
-        out.extend_from_slice(b"\"id\":");
-        write_id(&mut out, id);
-        out.push(b',');
-    }
-    out.extend_from_slice(b"\"ok\":false,\"error\":");
-    json_str(&mut out, code);
-    out.extend_from_slice(b",\"message\":");
-    json_str(&mut out, message);
-    out.extend_from_slice(b"}\n");
+    write_json_err(&mut out, id, code, message);
     out
 }
 

@@ -80,12 +80,34 @@ fn json_prefix(out: &mut Vec<u8>, id: Option<&Id>) {
     }
 }
 
+/// `"ok":true,"result":…`: the fields of a JSON success, in replies and
+/// in the results log.
+pub fn write_json_ok_fields(out: &mut Vec<u8>, result: &Output) {
+    out.extend_from_slice(b"\"ok\":true,\"result\":");
+    write_json_result(out, result);
+}
+
+/// `"ok":false,"error":code,"message":…`: the fields of a JSON error, in
+/// replies, HTTP error bodies and the results log.
+pub fn write_json_err_fields(out: &mut Vec<u8>, code: &str, message: &str) {
+    out.extend_from_slice(b"\"ok\":false,\"error\":");
+    json_str(out, code);
+    out.extend_from_slice(b",\"message\":");
+    json_str(out, message);
+}
+
+/// The JSON line of an error: `{"id"?,"ok":false,"error":…,"message":…}`.
+pub fn write_json_err(out: &mut Vec<u8>, id: Option<&Id>, code: &str, message: &str) {
+    json_prefix(out, id);
+    write_json_err_fields(out, code, message);
+    out.extend_from_slice(b"}\n");
+}
+
 /// `[#id ]OK result\n`, or the JSON line `{"id"?,"ok":true,"result":…}`.
 pub fn write_ok(out: &mut Vec<u8>, id: Option<&Id>, json: bool, result: &Output) {
     if json {
         json_prefix(out, id);
-        out.extend_from_slice(b"\"ok\":true,\"result\":");
-        write_json_result(out, result);
+        write_json_ok_fields(out, result);
         out.extend_from_slice(b"}\n");
     } else {
         text_prefix(out, id);
@@ -98,12 +120,7 @@ pub fn write_ok(out: &mut Vec<u8>, id: Option<&Id>, json: bool, result: &Output)
 /// `[#id ]ERR code message\n`, or the JSON line of an error.
 pub fn write_err(out: &mut Vec<u8>, id: Option<&Id>, json: bool, code: Code, message: &str) {
     if json {
-        json_prefix(out, id);
-        out.extend_from_slice(b"\"ok\":false,\"error\":\"");
-        out.extend_from_slice(code.as_str().as_bytes());
-        out.extend_from_slice(b"\",\"message\":");
-        json_str(out, message);
-        out.extend_from_slice(b"}\n");
+        write_json_err(out, id, code.as_str(), message);
     } else {
         text_prefix(out, id);
         out.extend_from_slice(b"ERR ");

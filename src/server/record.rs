@@ -13,7 +13,7 @@ use crate::numbers::write_u64;
 use crate::ops::{OPS, OpId, Output};
 #[cfg(test)]
 use crate::protocol::Payload;
-use crate::protocol::reply::{json_str, write_id, write_json_result};
+use crate::protocol::reply::{json_str, write_id, write_json_err_fields, write_json_ok_fields};
 use crate::protocol::{Code, Failure, Id, Name, Syntax};
 use crate::ratelimit::RateLimited;
 use crate::users::UserCounts;
@@ -459,16 +459,8 @@ fn write_log_line(
             out.extend_from_slice(b"\"ok\":true,\"result\":");
             write_u64(out, table.names as u64);
         }
-        Ok(result) => {
-            out.extend_from_slice(b"\"ok\":true,\"result\":");
-            write_json_result(out, result);
-        }
-        Err(f) => {
-            out.extend_from_slice(b"\"ok\":false,\"error\":\"");
-            out.extend_from_slice(f.code.as_str().as_bytes());
-            out.extend_from_slice(b"\",\"message\":");
-            json_str(out, &f.message);
-        }
+        Ok(result) => write_json_ok_fields(out, result),
+        Err(f) => write_json_err_fields(out, f.code.as_str(), &f.message),
     }
     out.extend_from_slice(b",\"queue_ms\":");
     write_millis(out, queue);
