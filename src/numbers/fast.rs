@@ -487,6 +487,24 @@ pub(super) const EXACT_POW10: [f64; 23] = [
     1e19, 1e20, 1e21, 1e22,
 ];
 
+/// Clinger's fast path: when the digits are an exact double (<= 2^53) and the power of ten
+/// is exact too (<= 1e22), one IEEE multiplication or division rounds the exact decimal value
+/// correctly, the same result as a full parser. None otherwise. `e` is the decimal exponent
+/// of the last digit.
+#[inline(always)]
+pub(super) fn clinger(neg: bool, mantissa: u64, e: i64) -> Option<f64> {
+    if mantissa > 1 << 53 || !(-22..=22).contains(&e) {
+        return None;
+    }
+    let m = mantissa as f64;
+    let v = if e >= 0 {
+        m * EXACT_POW10[e as usize]
+    } else {
+        m / EXACT_POW10[(-e) as usize]
+    };
+    Some(if neg { -v } else { v })
+}
+
 /// Bytes a double's token may take in the fast path: a sign, 19 digits and a '.', an
 /// exponent of up to 3 digits with its 'e' and sign, and the bytes read after them (at most
 /// 46 in all) fit.
@@ -590,19 +608,11 @@ pub(super) fn fast_double(w: &[u8; TOKEN]) -> Option<(f64, usize)> {
         let v = i64::try_from(mantissa).ok()?;
         return Some((if neg { -v } else { v } as f64, i));
     }
-    let e = exp - frac_digits as i64;
-    let v = if mantissa <= 1 << 53 && (-22..=22).contains(&e) {
-        let m = mantissa as i64 as f64;
-        let v = if e >= 0 {
-            m * EXACT_POW10[e as usize]
-        } else {
-            m / EXACT_POW10[(-e) as usize]
-        };
-        if neg { -v } else { v }
-    } else {
+    let v = match clinger(neg, mantissa, exp - frac_digits as i64) {
+        Some(v) => v,
         // The token's bytes are ASCII of the grammar above, which fast-float2 reads the same
         // way; it only fails on text this function has already refused.
-        fast_float2::parse::<f64, _>(&w[..i]).ok()?
+        None => fast_float2::parse::<f64, _>(&w[..i]).ok()?,
     };
     // An infinite value is a `range` error, which the general scanner reports.
     v.is_finite().then_some((v, i))

@@ -12,8 +12,7 @@
 //! so on valid input the two agree.
 
 use crate::numbers::fast::{
-    EXACT_POW10, Isa, POW10, SLACK, SPAN, ZEROS, count_values, digit_run, eight_digits, fast_ints, is_sep,
-    is_ws,
+    Isa, POW10, SLACK, SPAN, ZEROS, clinger, count_values, digit_run, eight_digits, fast_ints, is_sep, is_ws,
 };
 use crate::numbers::{ValueError, Values};
 use crate::spare;
@@ -160,25 +159,16 @@ fn scan_value(b: &[u8], start: usize) -> (Scan, usize) {
     (scan, i)
 }
 
-/// Clinger's fast path: when the digits are an exact double (<= 2^53) and the power of ten
-/// is exact too (<= 1e22), one IEEE multiplication or division rounds the exact decimal value
-/// correctly, the same result as the full parser. Everything else is `Scan::Slow`.
+/// [`clinger`]'s fast path for a scanned double; everything else is `Scan::Slow`.
 #[inline(always)]
 fn fast_float(neg: bool, mantissa: u64, frac_digits: usize, exp: u64, exp_neg: bool) -> Scan {
-    if mantissa > 1 << 53 || exp > 22 {
+    // Beyond 22 the fast path cannot apply, and the exponent may not fit an i64.
+    if exp > 22 {
         return Scan::Slow;
     }
     // Decimal exponent of the last digit; both terms are small here, so no overflow.
     let e = if exp_neg { -(exp as i64) } else { exp as i64 } - frac_digits as i64;
-    let m = mantissa as f64;
-    let x = if (0..=22).contains(&e) {
-        m * EXACT_POW10[e as usize]
-    } else if (-22..0).contains(&e) {
-        m / EXACT_POW10[(-e) as usize]
-    } else {
-        return Scan::Slow;
-    };
-    Scan::Float(if neg { -x } else { x })
+    clinger(neg, mantissa, e).map_or(Scan::Slow, Scan::Float)
 }
 
 /// Parses text the scanner accepted as a valid value into a double, with fast-float2 (an
