@@ -681,12 +681,8 @@ impl Server {
                 Take::Empty
             }
             Err(Some(e)) => {
-                c.session.discard_input();
-                c.session
-                    .reply_now(&mut self.buffers, |out| http::write_error(out, &e, &[]));
-                c.session.finish();
-                let proto = c.settings.proto();
-                self.books.metrics.record_http_error(proto, e.code);
+                // Every parse error closes the connection (`e.close`).
+                self.handle_http(key, Action::Error(e), true, false, now);
                 Take::Empty
             }
             Ok((action, consumed, close, head)) => {
