@@ -8,53 +8,25 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Launch, line_config, wait_until};
-
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
+use common::{BIN, Exited, Launch, line_config, mkfifo, run_to_exit, wait_until};
 
 /// Runs taskd with `args` in `dir` and `env`, killed after 10 s (every case
 /// here exits at once; one that serves instead must not hang the test).
-fn run_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
-    let out = dir.join("run.out");
-    let err = dir.join("run.err");
-    let mut child = Command::new(BIN)
-        .args(args)
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .env_remove("STATE_DIRECTORY")
-        .env_remove("LOGS_DIRECTORY")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out).expect("stdout file"))
-        .stderr(std::fs::File::create(&err).expect("stderr file"))
-        .spawn()
-        .expect("start taskd");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break Some(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let r = Run {
-        code: status.and_then(|s| s.code()),
-        stdout: std::fs::read_to_string(&out).unwrap_or_default(),
-        stderr: std::fs::read_to_string(&err).unwrap_or_default(),
-    };
-    assert!(status.is_some(), "taskd {args:?} did not exit: {}", r.stderr);
-    r
+fn run_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Exited {
+    run_to_exit(
+        Command::new(BIN)
+            .args(args)
+            .current_dir(dir)
+            .env_remove("RUST_LOG")
+            .env_remove("STATE_DIRECTORY")
+            .env_remove("LOGS_DIRECTORY")
+            .envs(env.iter().copied()),
+        dir,
+        Duration::from_secs(10),
+    )
 }
 
-fn run(dir: &Path, args: &[&str]) -> Run {
+fn run(dir: &Path, args: &[&str]) -> Exited {
     run_env(dir, args, &[])
 }
 
@@ -62,13 +34,6 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, text).expect("write");
     p.to_str().expect("utf-8 path").to_string()
-}
-
-fn mkfifo(path: &Path) {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path");
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
 }
 
 fn tcp_config() -> String {

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::common::{Daemon, Launch, LineClient, parse_users, wait_until};
+use crate::common::{Daemon, Launch, LineClient, mkfifo, parse_users, wait_until};
 use crate::{clip, verdict};
 
 /// How long SIGTERM may take on an idle daemon: it has nothing to drain.
@@ -142,19 +142,6 @@ fn warned_about(d: &Daemon, file: &str) -> bool {
     d.stderr()
         .lines()
         .any(|l| l.contains(file) && (l.contains("WARN") || l.contains("ERROR")))
-}
-
-fn mkfifo(path: &Path) {
-    let c = std::ffi::CString::new(path.to_str().expect("utf-8 path")).expect("a C path");
-    // SAFETY: mkfifo(3) reads the NUL-terminated path we own.
-    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
-    assert_eq!(
-        rc,
-        0,
-        "mkfifo {}: {}",
-        path.display(),
-        std::io::Error::last_os_error()
-    );
 }
 
 /// What a planted file did: the victim's content afterwards (for a

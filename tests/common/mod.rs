@@ -47,7 +47,7 @@ pub use client::{
 };
 pub use daemon::{BIN, Daemon, Launch, line_config};
 pub use http::{HttpConn, HttpResponse, http_config, http_get, http_post, read_http_response};
-pub use proc::{Exited, Proc, run_to_exit};
+pub use proc::{Exited, Proc, mkfifo, run_to_exit};
 pub use rng::Rng;
 pub use systemd::{Notifications, has};
 

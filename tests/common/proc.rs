@@ -126,3 +126,17 @@ pub fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
     let v = f();
     (v, t.elapsed())
 }
+
+/// Makes a FIFO at `path` (to put in place of a file taskd writes).
+pub fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.to_str().expect("utf-8 path")).expect("a C path");
+    // SAFETY: mkfifo(3) reads the NUL-terminated path we own.
+    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+    assert_eq!(
+        rc,
+        0,
+        "mkfifo {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
