@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Exited, Launch, line_config, mkfifo, run_to_exit, wait_until};
+use common::{BIN, Exited, Launch, Proc, line_config, mkfifo, run_to_exit, wait_until};
 
 /// Runs taskd with `args` in `dir` and `env`, killed after 10 s (every case
 /// here exits at once; one that serves instead must not hang the test).
@@ -287,15 +287,18 @@ fn configuration_errors_reach_the_journal_at_priority_err_on_every_line() {
     let err_path = d.path().join("journal.err");
     let err = std::fs::File::create(&err_path).expect("stderr file");
     let meta = err.metadata().expect("stat");
-    let status = Command::new(BIN)
+    // JOURNAL_STREAM must name this very file, so not run_to_exit; bounded
+    // in time all the same.
+    let child = Command::new(BIN)
         .args(["-t", "-q", "-c", &f])
         .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(err)
-        .status()
+        .spawn()
         .expect("run taskd");
-    assert_eq!(status.code(), Some(1));
+    let status = Proc::new(child).wait_exit(Duration::from_secs(10));
+    assert_eq!(status.and_then(|s| s.code()), Some(1));
     let text = std::fs::read_to_string(&err_path).expect("stderr");
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines.len() >= 3, "{text}");
