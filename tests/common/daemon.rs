@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use super::client::{LineClient, parse_info};
+use super::client::{LOCALHOST, LineClient, parse_info, udp_ask, udp_socket};
 use super::http::{HttpConn, http_config};
 use super::proc::Proc;
 
@@ -278,15 +278,8 @@ impl Daemon {
 
     /// One UDP request, one reply.
     pub fn udp(&self, line: &str) -> String {
-        let s = UdpSocket::bind("127.0.0.1:0").expect("udp client");
-        s.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        s.send_to(format!("{line}\n").as_bytes(), self.udp).expect("send");
-        let mut buf = vec![0; 65536];
-        let n = s.recv(&mut buf).expect("udp reply");
-        String::from_utf8_lossy(&buf[..n])
-            .trim_end_matches('\n')
-            .to_string()
+        let s = udp_socket(LOCALHOST, Duration::from_secs(10));
+        udp_ask(&s, self.udp, line.as_bytes()).expect("udp reply")
     }
 
     /// The figures of `info`, asked on a new connection.
