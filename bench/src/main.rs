@@ -291,7 +291,7 @@ fn run_suite(cli: Cli) -> Result<bool, String> {
     let started = Instant::now();
     let selected = parse_cases(&cli.cases)?;
     let taskd_bin = cli.taskd.clone().unwrap_or_else(default_taskd);
-    if cli.profile {
+    if cli.profile || selected.iter().any(|c| c.needs_taskd_binary()) {
         if !taskd_bin.is_file() {
             return Err(format!(
                 "{} not found: build it first with `cargo build --release` (or pass --taskd PATH)",
@@ -299,6 +299,8 @@ fn run_suite(cli: Cli) -> Result<bool, String> {
             ));
         }
         warn_if_stale(&taskd_bin);
+    }
+    if cli.profile {
         let settings = profile::Settings {
             taskd_bin,
             out_dir: cli
@@ -306,18 +308,9 @@ fn run_suite(cli: Cli) -> Result<bool, String> {
                 .unwrap_or_else(|| target_dir().join("bench-profile")),
             kinds: profile::Kind::for_cases(&selected, !cli.cases.is_empty()),
         };
-        let ok = profile::run(&settings)?;
+        profile::run(&settings)?;
         println!("total time {:.0} s", started.elapsed().as_secs_f64());
-        return Ok(ok);
-    }
-    if selected.iter().any(|c| c.needs_taskd_binary()) {
-        if !taskd_bin.is_file() {
-            return Err(format!(
-                "{} not found: build it first with `cargo build --release` (or pass --taskd PATH)",
-                taskd_bin.display()
-            ));
-        }
-        warn_if_stale(&taskd_bin);
+        return Ok(true);
     }
     let nofile = testkit::process::raise_nofile();
     if selected.contains(&Case::Idle) && nofile < cases::IDLE_CONNECTIONS as u64 + 256 {

@@ -132,11 +132,11 @@ fn have(program: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Runs the profiles; false when a reply was wrong.
-pub fn run(s: &Settings) -> Result<bool, String> {
+/// Runs the profiles; a wrong reply is an error.
+pub fn run(s: &Settings) -> Result<(), String> {
     if !have("valgrind") {
         println!("--profile: valgrind not found (apt-get install valgrind); nothing measured");
-        return Ok(true);
+        return Ok(());
     }
     if s.kinds.is_empty() {
         return Err("--profile measures the cases pipelined (or small), udp and http; none was named".into());
@@ -206,7 +206,7 @@ pub fn run(s: &Settings) -> Result<bool, String> {
         "top functions (self and inclusive Ir of the loaded runs): {}/*-top.txt",
         out_dir.display()
     );
-    Ok(true)
+    Ok(())
 }
 
 /// The valgrind command line that writes callgrind's file to `out`.
